@@ -1,0 +1,99 @@
+//! The shape of a lock document in `_locks`.
+//!
+//! The first three fields are the original class's, written exactly as the Node.js
+//! driver writes them, so both implementations read each other's locks. The rest
+//! are ours; the original ignores them.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mongodb::bson::{doc, Bson, DateTime, Document, Timestamp};
+
+use crate::key::LockKey;
+
+pub const LOCKS_COLLECTION: &str = "_locks";
+/// Per-key counters for fencing tokens on deployments that report no `operationTime`.
+pub const FENCES_COLLECTION: &str = "_lock_fences";
+
+pub const ID: &str = "id";
+pub const LOCKED_AT: &str = "locked_at";
+pub const META: &str = "_meta_data";
+/// A random id per acquisition: releases and renewals match on it, so a holder can
+/// never remove or extend a lock that somebody else took after it lost its own.
+pub const OWNER: &str = "owner";
+/// When the lease ends, on the server's clock. Absent on locks without a lease
+/// (the original's, and `lock()` without `lease`), which are never taken over.
+pub const LEASE_EXPIRES_AT: &str = "lease_expires_at";
+pub const FENCING_TOKEN: &str = "fencing_token";
+
+/// A new lock document, as the original writes it plus our fields.
+pub fn new_lock(key: &LockKey, owner: &str, lease_expires_at: Option<DateTime>) -> Document {
+    let now = now_millis();
+    let mut document = doc! {
+        LOCKED_AT: Bson::Double(now as f64),
+        ID: key.to_bson(),
+        META: { "created_at": millis_timestamp(now), "updated_at": millis_timestamp(now) },
+        OWNER: owner,
+    };
+    if let Some(expiry) = lease_expires_at {
+        document.insert(LEASE_EXPIRES_AT, expiry);
+    }
+    document
+}
+
+/// The `$set` that gives an existing lock document to a new owner.
+pub fn new_owner(owner: &str, lease_expires_at: Option<DateTime>) -> Document {
+    let now = now_millis();
+    let mut set = doc! {
+        LOCKED_AT: Bson::Double(now as f64),
+        OWNER: owner,
+        "_meta_data.updated_at": millis_timestamp(now),
+    };
+    match lease_expires_at {
+        Some(expiry) => set.insert(LEASE_EXPIRES_AT, expiry),
+        None => None,
+    };
+    set
+}
+
+/// `Timestamp.fromNumber(Date.now())` of the Node.js driver: the millisecond count
+/// split into the high (`t`) and low (`i`) 32 bits.
+fn millis_timestamp(millis: u64) -> Timestamp {
+    Timestamp {
+        time: (millis >> 32) as u32,
+        increment: millis as u32,
+    }
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_timestamp_carries_the_millisecond_count() {
+        let ts = millis_timestamp(1_795_777_805_123);
+        assert_eq!(
+            ((ts.time as u64) << 32) | ts.increment as u64,
+            1_795_777_805_123
+        );
+    }
+
+    #[test]
+    fn lock_document_has_the_original_fields() {
+        let d = new_lock(&LockKey::Num(7.0), "me", None);
+        assert_eq!(d.get(ID), Some(&Bson::Int32(7)));
+        assert!(matches!(d.get(LOCKED_AT), Some(Bson::Double(_))));
+        assert!(d
+            .get_document(META)
+            .unwrap()
+            .get_timestamp("created_at")
+            .is_ok());
+        assert!(d.get(LEASE_EXPIRES_AT).is_none());
+    }
+}

@@ -1,0 +1,167 @@
+//! The lock key: how a list of resource ids becomes the `id` stored in `_locks`.
+//!
+//! This must match the original JavaScript class byte for byte, because processes
+//! running the original and processes running this crate share one collection and
+//! exclude each other only if they derive the same key.
+
+use mongodb::bson::Bson;
+
+use crate::error::LockError;
+
+/// One element of `resourceIds`. Only strings and finite numbers are accepted:
+/// the original used objects as they were, which turned `unlock([{ $gt: '' }])`
+/// into a query operator that deleted somebody else's lock.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResourceId {
+    Str(String),
+    Num(f64),
+}
+
+/// The value stored in the `id` field of a lock document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LockKey {
+    Str(String),
+    Num(f64),
+}
+
+impl LockKey {
+    /// Derives the key the way the original does: one element keeps its own type,
+    /// several are joined with `#` (numbers printed as JavaScript prints them).
+    pub fn from_ids(ids: &[ResourceId]) -> Result<LockKey, LockError> {
+        match ids {
+            [] => Err(LockError::InvalidArgument {
+                range: true,
+                message: "resourceIds must not be empty".into(),
+            }),
+            [ResourceId::Str(s)] => Ok(LockKey::Str(s.clone())),
+            [ResourceId::Num(n)] => Ok(LockKey::Num(*n)),
+            many => Ok(LockKey::Str(join_ids(many, "#"))),
+        }
+    }
+
+    /// The key as BSON, typed as the Node.js driver would type a JS value:
+    /// integral numbers in the int32 range become int32, others double.
+    pub fn to_bson(&self) -> Bson {
+        match self {
+            LockKey::Str(s) => Bson::String(s.clone()),
+            LockKey::Num(n) => number_to_bson(*n),
+        }
+    }
+
+    /// The key as JavaScript's `String()` prints it, for messages and logs.
+    pub fn display(&self) -> String {
+        match self {
+            LockKey::Str(s) => s.clone(),
+            LockKey::Num(n) => js_number_to_string(*n),
+        }
+    }
+}
+
+/// `String(resourceIds)` in JavaScript: elements joined with `,`. The original's
+/// `Was not able to delete …` message prints the ids this way.
+pub fn ids_to_string(ids: &[ResourceId]) -> String {
+    join_ids(ids, ",")
+}
+
+fn join_ids(ids: &[ResourceId], separator: &str) -> String {
+    ids.iter()
+        .map(|id| match id {
+            ResourceId::Str(s) => s.clone(),
+            ResourceId::Num(n) => js_number_to_string(*n),
+        })
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
+pub(crate) fn number_to_bson(n: f64) -> Bson {
+    if n.fract() == 0.0 && n >= i32::MIN as f64 && n <= i32::MAX as f64 && !is_negative_zero(n) {
+        Bson::Int32(n as i32)
+    } else {
+        Bson::Double(n)
+    }
+}
+
+fn is_negative_zero(n: f64) -> bool {
+    n == 0.0 && n.is_sign_negative()
+}
+
+/// Number-to-string as ECMAScript's `Number::toString` does it for finite values:
+/// shortest round-trip digits, plain notation for 1e-6 <= |n| < 1e21, otherwise
+/// exponent notation with an explicit sign (`1e+21`, `1.5e-7`).
+pub fn js_number_to_string(n: f64) -> String {
+    if n == 0.0 {
+        return "0".into();
+    }
+    let abs = n.abs();
+    if (1e-6..1e21).contains(&abs) {
+        // Rust's `Display` for f64 prints the shortest round-trip digits in plain notation.
+        return format!("{n}");
+    }
+    let formatted = format!("{n:e}");
+    match formatted.split_once('e') {
+        Some((mantissa, exponent)) if !exponent.starts_with('-') => {
+            format!("{mantissa}e+{exponent}")
+        }
+        _ => formatted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> ResourceId {
+        ResourceId::Str(v.into())
+    }
+
+    #[test]
+    fn one_element_keeps_its_type() {
+        assert_eq!(
+            LockKey::from_ids(&[ResourceId::Num(123.0)])
+                .unwrap()
+                .to_bson(),
+            Bson::Int32(123)
+        );
+        assert_eq!(
+            LockKey::from_ids(&[s("a")]).unwrap().to_bson(),
+            Bson::String("a".into())
+        );
+        assert_eq!(
+            LockKey::from_ids(&[ResourceId::Num(1.5)])
+                .unwrap()
+                .to_bson(),
+            Bson::Double(1.5)
+        );
+        assert_eq!(
+            LockKey::from_ids(&[ResourceId::Num(3e9)])
+                .unwrap()
+                .to_bson(),
+            Bson::Double(3e9)
+        );
+    }
+
+    #[test]
+    fn several_elements_are_joined_with_hash() {
+        let key = LockKey::from_ids(&[s("a"), ResourceId::Num(1.0), ResourceId::Num(0.5)]).unwrap();
+        assert_eq!(key, LockKey::Str("a#1#0.5".into()));
+        assert_eq!(ids_to_string(&[s("a"), s("b")]), "a,b");
+    }
+
+    #[test]
+    fn empty_ids_are_a_range_error() {
+        assert!(matches!(
+            LockKey::from_ids(&[]),
+            Err(LockError::InvalidArgument { range: true, .. })
+        ));
+    }
+
+    #[test]
+    fn numbers_print_like_javascript() {
+        assert_eq!(js_number_to_string(1e21), "1e+21");
+        assert_eq!(js_number_to_string(123456789012.0), "123456789012");
+        assert_eq!(js_number_to_string(-0.0), "0");
+        assert_eq!(js_number_to_string(1.5e-7), "1.5e-7");
+        assert_eq!(js_number_to_string(0.000001), "0.000001");
+        assert_eq!(js_number_to_string(-42.25), "-42.25");
+    }
+}

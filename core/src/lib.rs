@@ -1,0 +1,108 @@
+//! Distributed locks kept in MongoDB, compatible with the documents of
+//! `ResourceLock` from `@discue/mongodb-resource-client`.
+//!
+//! No Node.js here: this crate is the lock store, acquisition, waiting and leases.
+//! The napi binding at the repository root turns it into the JavaScript class.
+
+mod acquire;
+pub mod document;
+mod error;
+mod key;
+mod lease;
+mod local_queue;
+mod release_feed;
+mod server_clock;
+mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::options::WriteConcern;
+use mongodb::Client;
+use tokio_util::sync::CancellationToken;
+
+pub use acquire::AcquireOptions;
+pub use error::{LockError, Result, DUPLICATE_KEY};
+pub use key::{ids_to_string, js_number_to_string, LockKey, ResourceId};
+pub use lease::{HoldOptions, LockGuard};
+pub use store::CLOCK_MARGIN;
+
+use local_queue::LocalQueues;
+use release_feed::ReleaseFeed;
+use store::LockStore;
+
+/// Locks in one database, over one client.
+pub struct LockService {
+    client: Client,
+    store: LockStore,
+    feed: ReleaseFeed,
+    queues: LocalQueues,
+    closed: CancellationToken,
+}
+
+impl LockService {
+    pub fn new(client: Client, database: &str, write_concern: Option<WriteConcern>) -> Arc<Self> {
+        let closed = CancellationToken::new();
+        Arc::new(LockService {
+            store: LockStore::new(client.database(database), write_concern),
+            feed: ReleaseFeed::new(closed.child_token()),
+            queues: LocalQueues::default(),
+            client,
+            closed,
+        })
+    }
+
+    /// Creates the indexes now rather than before the first lock.
+    pub async fn ensure_indexes(&self) -> Result<()> {
+        self.open()?;
+        self.store.ensure_indexes().await
+    }
+
+    /// One attempt to lock `key`, as the original `lock()`: `DuplicateKey` when held.
+    /// Without `lease` the lock never expires.
+    pub async fn lock(&self, key: &LockKey, lease: Option<Duration>) -> Result<u64> {
+        self.open()?;
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        Ok(self.store.insert(key, &owner, lease).await?.fencing_token)
+    }
+
+    /// Deletes the lock of `key` whoever holds it, as the original `unlock()`.
+    pub async fn unlock(&self, key: &LockKey, ids: &[ResourceId]) -> Result<()> {
+        self.open()?;
+        if self.store.delete_any(key).await? {
+            Ok(())
+        } else {
+            Err(LockError::NotDeleted {
+                ids: ids_to_string(ids),
+            })
+        }
+    }
+
+    /// Waits for and takes the lock of `key`.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        key: &LockKey,
+        options: &AcquireOptions,
+    ) -> Result<LockGuard> {
+        self.open()?;
+        acquire::acquire(self, key, options).await
+    }
+
+    /// Stops every waiter and holder (their locks are released), then disconnects.
+    pub async fn close(&self) {
+        self.closed.cancel();
+        self.client.clone().shutdown().immediate(true).await;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    fn open(&self) -> Result<()> {
+        if self.closed.is_cancelled() {
+            Err(LockError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+}

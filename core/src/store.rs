@@ -1,0 +1,277 @@
+//! Every read and write of lock documents. Nothing else in the crate talks to MongoDB
+//! about locks, so the queries that make the guarantees hold are all in this file.
+
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::options::{IndexOptions, ReturnDocument, WriteConcern};
+use mongodb::{ClientSession, Collection, Database, IndexModel};
+use tokio::sync::OnceCell;
+
+use crate::document::{self, FENCES_COLLECTION, ID, LEASE_EXPIRES_AT, LOCKS_COLLECTION, OWNER};
+use crate::error::{LockError, Result};
+use crate::key::LockKey;
+use crate::server_clock::ServerClock;
+
+/// See `lease_expiry`.
+pub const CLOCK_MARGIN: Duration = Duration::from_millis(50);
+
+/// A lock this process now holds in the database.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub owner: String,
+    /// When the acquiring write was sent: the lease and `lockTimeout` count from here,
+    /// the earliest moment the server can have stamped the lease.
+    pub sent_at: Instant,
+    /// Strictly increasing per key across processes and restarts (see `fencing_token`).
+    pub fencing_token: u64,
+}
+
+/// What stands in the way of an acquisition.
+#[derive(Debug, Clone)]
+pub struct Blocker {
+    pub doc_id: Bson,
+    pub lease_expires_at: Option<DateTime>,
+}
+
+pub struct LockStore {
+    db: Database,
+    locks: Collection<Document>,
+    fences: Collection<Document>,
+    indexes: OnceCell<()>,
+    clock: ServerClock,
+}
+
+impl LockStore {
+    /// No I/O happens here; indexes are created before the first write.
+    pub fn new(db: Database, write_concern: Option<WriteConcern>) -> Self {
+        let mut locks = db.collection::<Document>(LOCKS_COLLECTION);
+        let mut fences = db.collection::<Document>(FENCES_COLLECTION);
+        if let Some(wc) = write_concern {
+            let options = mongodb::options::CollectionOptions::builder()
+                .write_concern(wc)
+                .build();
+            locks = db.collection_with_options(LOCKS_COLLECTION, options.clone());
+            fences = db.collection_with_options(FENCES_COLLECTION, options);
+        }
+        LockStore {
+            db,
+            locks,
+            fences,
+            indexes: OnceCell::new(),
+            clock: ServerClock::default(),
+        }
+    }
+
+    pub fn collection(&self) -> &Collection<Document> {
+        &self.locks
+    }
+
+    /// Creates `id_1` (unique) and `locked_at_1` (TTL 1 s) once, before any lock is
+    /// written: the original started this without waiting, so its first locks could
+    /// be taken twice. A failure is returned and retried by the next call.
+    pub async fn ensure_indexes(&self) -> Result<()> {
+        self.indexes
+            .get_or_try_init(|| async {
+                let unique = IndexModel::builder()
+                    .keys(doc! { ID: 1 })
+                    .options(IndexOptions::builder().unique(true).build())
+                    .build();
+                let ttl = IndexModel::builder()
+                    .keys(doc! { document::LOCKED_AT: 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .expire_after(Duration::from_secs(1))
+                            .build(),
+                    )
+                    .build();
+                self.locks.create_indexes([unique, ttl]).await?;
+                Ok::<(), LockError>(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The server's time plus `lease` plus `CLOCK_MARGIN`.
+    ///
+    /// The holder counts its lease from the moment it sent the write, on its own
+    /// monotonic clock; the margin covers the error of our estimate of the server's
+    /// clock and that of whoever judges the lease later, so a takeover can only
+    /// happen after the holder itself has stopped trusting its lease.
+    pub async fn lease_expiry(&self, lease: Option<Duration>) -> Result<Option<DateTime>> {
+        match lease {
+            None => Ok(None),
+            Some(lease) => {
+                let now = self.clock.now(&self.db).await?;
+                Ok(Some(DateTime::from_millis(
+                    now.timestamp_millis() + (lease + CLOCK_MARGIN).as_millis() as i64,
+                )))
+            }
+        }
+    }
+
+    pub async fn server_now(&self) -> Result<DateTime> {
+        self.clock.now(&self.db).await
+    }
+
+    /// Inserts a new lock document: one round trip. Fails with `DuplicateKey` when the
+    /// key is held.
+    pub async fn insert(
+        &self,
+        key: &LockKey,
+        owner: &str,
+        lease: Option<Duration>,
+    ) -> Result<Held> {
+        self.ensure_indexes().await?;
+        let sent_at = Instant::now();
+        let expiry = self.lease_expiry(lease).await?;
+        let mut session = self.db.client().start_session().await?;
+        self.locks
+            .insert_one(document::new_lock(key, owner, expiry))
+            .session(&mut session)
+            .await
+            .map_err(|e| LockError::from_insert(e, key))?;
+        let fencing_token = self.fencing_token(key, &session).await?;
+        Ok(Held {
+            owner: owner.to_owned(),
+            sent_at,
+            fencing_token,
+        })
+    }
+
+    /// The lock document in the way, if any.
+    pub async fn blocker(&self, key: &LockKey) -> Result<Option<Blocker>> {
+        let found = self
+            .locks
+            .find_one(doc! { ID: key.to_bson() })
+            .projection(doc! { "_id": 1, LEASE_EXPIRES_AT: 1 })
+            .await?;
+        Ok(found.map(|d| Blocker {
+            lease_expires_at: d.get_datetime(LEASE_EXPIRES_AT).ok().copied(),
+            doc_id: d.get("_id").cloned().unwrap_or(Bson::Null),
+        }))
+    }
+
+    /// Takes over `blocker` if its lease has passed on the server's clock. The filter
+    /// names the exact document and its expiry, so of several processes that see the
+    /// same expired lease only one wins. Locks without a lease never match.
+    pub async fn take_over(
+        &self,
+        key: &LockKey,
+        blocker: &Blocker,
+        owner: &str,
+        lease: Option<Duration>,
+    ) -> Result<Option<Held>> {
+        let Some(expired_at) = blocker.lease_expires_at else {
+            return Ok(None);
+        };
+        if self.server_now().await? <= expired_at {
+            return Ok(None);
+        }
+        let sent_at = Instant::now();
+        let expiry = self.lease_expiry(lease).await?;
+        let mut session = self.db.client().start_session().await?;
+        let taken = self
+            .locks
+            .find_one_and_update(
+                doc! { "_id": blocker.doc_id.clone(), ID: key.to_bson(), LEASE_EXPIRES_AT: expired_at },
+                doc! { "$set": document::new_owner(owner, expiry) },
+            )
+            .projection(doc! { "_id": 1 })
+            .session(&mut session)
+            .await?;
+        match taken {
+            None => Ok(None),
+            Some(_) => Ok(Some(Held {
+                owner: owner.to_owned(),
+                sent_at,
+                fencing_token: self.fencing_token(key, &session).await?,
+            })),
+        }
+    }
+
+    /// Hands a held lock to a new owner without releasing it (local hand-over):
+    /// one round trip, and a new fencing token.
+    pub async fn transfer(
+        &self,
+        key: &LockKey,
+        from: &str,
+        to: &str,
+        lease: Option<Duration>,
+    ) -> Result<Option<Held>> {
+        let sent_at = Instant::now();
+        let expiry = self.lease_expiry(lease).await?;
+        let mut session = self.db.client().start_session().await?;
+        let moved = self
+            .locks
+            .find_one_and_update(
+                doc! { ID: key.to_bson(), OWNER: from },
+                doc! { "$set": document::new_owner(to, expiry) },
+            )
+            .projection(doc! { "_id": 1 })
+            .session(&mut session)
+            .await?;
+        match moved {
+            None => Ok(None),
+            Some(_) => Ok(Some(Held {
+                owner: to.to_owned(),
+                sent_at,
+                fencing_token: self.fencing_token(key, &session).await?,
+            })),
+        }
+    }
+
+    /// Extends the lease of a lock we own. `false` when it is no longer ours.
+    pub async fn renew(&self, key: &LockKey, owner: &str, lease: Duration) -> Result<bool> {
+        let expiry = self.lease_expiry(Some(lease)).await?;
+        let result = self
+            .locks
+            .update_one(
+                doc! { ID: key.to_bson(), OWNER: owner },
+                doc! { "$set": { LEASE_EXPIRES_AT: expiry } },
+            )
+            .await?;
+        Ok(result.matched_count == 1)
+    }
+
+    /// Deletes the lock only if we still own it.
+    pub async fn delete_owned(&self, key: &LockKey, owner: &str) -> Result<bool> {
+        let result = self
+            .locks
+            .delete_one(doc! { ID: key.to_bson(), OWNER: owner })
+            .await?;
+        Ok(result.deleted_count == 1)
+    }
+
+    /// Deletes the lock whoever holds it, as the original's `unlock` does.
+    pub async fn delete_any(&self, key: &LockKey) -> Result<bool> {
+        let result = self.locks.delete_one(doc! { ID: key.to_bson() }).await?;
+        Ok(result.deleted_count == 1)
+    }
+
+    /// A fencing token for the write just made in `session`.
+    ///
+    /// On a replica set (and Atlas) every write is stamped with an `operationTime`,
+    /// the timestamp of its oplog entry: unique, and increasing across the whole
+    /// set, across elections and restarts. The token is that timestamp as a 64-bit
+    /// number, so it costs no extra round trip. Servers that report no
+    /// `operationTime` (a standalone `mongod`) fall back to a per-key counter in
+    /// `_lock_fences`, which costs one more round trip.
+    async fn fencing_token(&self, key: &LockKey, session: &ClientSession) -> Result<u64> {
+        if let Some(ts) = session.operation_time() {
+            return Ok(((ts.time as u64) << 32) | ts.increment as u64);
+        }
+        let counter = self
+            .fences
+            .find_one_and_update(
+                doc! { "_id": key.to_bson() },
+                doc! { "$inc": { "token": 1_i64 } },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await?;
+        Ok(counter
+            .and_then(|d| d.get_i64("token").ok())
+            .unwrap_or_default() as u64)
+    }
+}

@@ -1,0 +1,202 @@
+//! The core against a real server: `MONGODB_URL` (the test scripts start one).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::Client;
+use mongodb_resource_lock_core::{
+    document, AcquireOptions, HoldOptions, LockError, LockKey, LockService, ResourceId,
+};
+use tokio_util::sync::CancellationToken;
+
+async fn service() -> (Arc<LockService>, Client, String) {
+    let url = std::env::var("MONGODB_URL").expect("MONGODB_URL must point at a test server");
+    let client = Client::with_uri_str(&url).await.unwrap();
+    let db = format!("core_{}", uuid_like());
+    (LockService::new(client.clone(), &db, None), client, db)
+}
+
+fn uuid_like() -> String {
+    format!("{:x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .elapsed()
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+    );
+    h.finish()
+}
+
+fn options(wait_ms: u64, lock_ms: u64) -> AcquireOptions {
+    AcquireOptions {
+        wait_timeout: Duration::from_millis(wait_ms),
+        retry_interval: Duration::from_millis(125),
+        hold: HoldOptions {
+            lock_timeout: Some(Duration::from_millis(lock_ms)),
+            lease: Duration::from_millis(lock_ms),
+        },
+        cancel: CancellationToken::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn creates_the_three_indexes_before_the_first_lock() {
+    let (service, client, db) = service().await;
+    service.lock(&LockKey::Str("a".into()), None).await.unwrap();
+    let names: Vec<String> = client
+        .database(&db)
+        .collection::<Document>(document::LOCKS_COLLECTION)
+        .list_index_names()
+        .await
+        .unwrap();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["_id_", "id_1", "locked_at_1"]);
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_lock_is_a_duplicate_key_and_unlock_frees_it() {
+    let (service, client, db) = service().await;
+    let key = LockKey::from_ids(&[ResourceId::Num(123.0)]).unwrap();
+    service.lock(&key, None).await.unwrap();
+    match service.lock(&LockKey::Num(123.0), None).await {
+        Err(LockError::DuplicateKey {
+            message, key_value, ..
+        }) => {
+            assert!(message.contains("duplicate key"), "{message}");
+            assert_eq!(key_value, doc! { "id": 123 });
+        }
+        other => panic!("expected a duplicate key, got {other:?}"),
+    }
+    service
+        .unlock(&key, &[ResourceId::Num(123.0)])
+        .await
+        .unwrap();
+    let again = service.unlock(&key, &[ResourceId::Num(123.0)]).await;
+    assert_eq!(
+        again.unwrap_err().to_string(),
+        "Was not able to delete 123."
+    );
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiters_exclude_each_other_and_all_get_a_turn() {
+    let (service, client, db) = service().await;
+    let inside = Arc::new(AtomicUsize::new(0));
+    let turns = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (service, inside, turns) = (service.clone(), inside.clone(), turns.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..3 {
+                let guard = service
+                    .acquire(&LockKey::Str("shared".into()), &options(20_000, 5_000))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    inside.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two holders at once"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                turns.fetch_add(1, Ordering::SeqCst);
+                assert!(guard.release().await.unwrap());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(turns.load(Ordering::SeqCst), 18);
+    let left = client
+        .database(&db)
+        .collection::<Document>(document::LOCKS_COLLECTION)
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "no lock may stay behind");
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fencing_tokens_increase_with_every_acquisition() {
+    let (service, client, db) = service().await;
+    let key = LockKey::Str("fenced".into());
+    let mut last = 0;
+    for _ in 0..5 {
+        let guard = service.acquire(&key, &options(5_000, 5_000)).await.unwrap();
+        assert!(guard.fencing_token() > last);
+        last = guard.fencing_token();
+        guard.release().await.unwrap();
+    }
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_lease_is_taken_over_and_its_holder_told() {
+    let (service, client, db) = service().await;
+    let key = LockKey::Str("crashed".into());
+    // A holder that stops renewing: a short lease and no renewal (lease == lockTimeout).
+    let first = service.acquire(&key, &options(1_000, 300)).await.unwrap();
+    let started = std::time::Instant::now();
+    let patient = options(5_000, 5_000);
+    let second = service.acquire(&key, &patient);
+    let lost = first.lost();
+    let (second, reason) = tokio::join!(second, lost);
+    assert!(matches!(reason, LockError::LockTimeout));
+    let second = second.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(second.fencing_token() > first.fencing_token());
+    // The first holder's release must not remove the second's lock.
+    assert!(!first.release().await.unwrap());
+    assert!(second.release().await.unwrap());
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_without_lease_is_never_taken_over() {
+    let (service, client, db) = service().await;
+    let key = LockKey::Str("manual".into());
+    service.lock(&key, None).await.unwrap();
+    let waited = service.acquire(&key, &options(400, 1_000)).await;
+    assert!(matches!(waited, Err(LockError::WaitTimeout)));
+    let held: Document = client
+        .database(&db)
+        .collection::<Document>(document::LOCKS_COLLECTION)
+        .find_one(doc! { "id": "manual" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(held.get("locked_at"), Some(Bson::Double(_))));
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_wait_returns_aborted() {
+    let (service, client, db) = service().await;
+    let key = LockKey::Str("cancelled".into());
+    service.lock(&key, None).await.unwrap();
+    let opts = options(10_000, 1_000);
+    let cancel = opts.cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cancel.cancel();
+    });
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        service.acquire(&key, &opts).await,
+        Err(LockError::Aborted)
+    ));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    client.database(&db).drop().await.unwrap();
+}
