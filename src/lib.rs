@@ -1,1 +1,17 @@
+//! The Node.js binding of `mongodb-resource-lock-core`: argument conversion, error
+//! mapping and the `ResourceLock` class. No lock logic lives here.
 
+#![deny(clippy::all)]
+
+mod close;
+mod connection;
+mod do_while_locked;
+mod errors;
+mod lock;
+mod lock_context;
+mod node_client;
+mod options;
+mod resource_ids;
+mod resource_lock;
+mod retained_value;
+mod unlock;

@@ -14,6 +14,8 @@ mod release_feed;
 mod server_clock;
 mod store;
 
+pub use mongodb;
+
 use std::sync::Arc;
 use std::time::Duration;
 

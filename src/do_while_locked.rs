@@ -1,0 +1,212 @@
+//! `doWhileLocked(resourceIds, callback, options?)`: wait for the lock, run the
+//! callback while holding it, release it; all timing in Rust on tokio.
+
+use lock_core::{AcquireOptions, HoldOptions, LockError};
+use napi::bindgen_prelude::{Either, FnArgs, Function, JsObjectValue, Object, Promise, PromiseRaw};
+use napi::threadsafe_function::ThreadsafeFunction;
+use napi::{Env, Status, Unknown, ValueType};
+use napi_derive::napi;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::Connection;
+use crate::lock_context::{AbortContext, LockContext};
+use crate::options;
+use crate::resource_ids::{self, describe, ResourceIds};
+use crate::resource_lock::{Failure, ResourceLock};
+use crate::retained_value::RetainedValue;
+
+/// The caller's callback, callable from tokio. Not weak: like the original's timers,
+/// a wait or a hold in progress keeps the process alive until it ends.
+type Callback = ThreadsafeFunction<
+    LockContext,
+    Either<Promise<RetainedValue>, RetainedValue>,
+    LockContext,
+    Status,
+    false,
+>;
+
+struct Prepared {
+    ids: ResourceIds,
+    callback: Callback,
+    acquire: AcquireOptions,
+}
+
+#[napi]
+impl ResourceLock {
+    /// Waits up to `waitTimeout` for the lock of `resourceIds`, calls `callback` with
+    /// `{ key, signal, fencingToken }` while holding it, releases it, and resolves
+    /// with exactly what the callback returned (or rejects with exactly what it
+    /// threw). Rejects with `Error('Unable to establish lock.')` when the wait ends,
+    /// and with `Error('Lock interrupted by timeout')` when `lockTimeout` passes
+    /// first; `signal` is aborted then.
+    #[napi(
+        ts_generic_types = "T",
+        ts_args_type = "resourceIds: ResourceIds, callback: (context: LockContext) => T | PromiseLike<T>, options?: DoWhileLockedOptions",
+        ts_return_type = "Promise<Awaited<T>>"
+    )]
+    pub fn do_while_locked<'env>(
+        &self,
+        env: &'env Env,
+        resource_ids: Unknown<'env>,
+        callback: Unknown<'env>,
+        options: Option<Unknown<'env>>,
+    ) -> napi::Result<PromiseRaw<'env, RetainedValue>> {
+        let prepared = prepare(env, resource_ids, callback, options);
+        let connection = self.connection.clone();
+        self.run(
+            env,
+            async move { hold(connection, prepared?).await },
+            |_, value| Ok(value),
+        )
+    }
+}
+
+fn prepare(
+    env: &Env,
+    resource_ids: Unknown<'_>,
+    callback: Unknown<'_>,
+    options: Option<Unknown<'_>>,
+) -> Result<Prepared, LockError> {
+    let ids = resource_ids::parse(resource_ids)?;
+    if callback.get_type().ok() != Some(ValueType::Function) {
+        return Err(LockError::type_error(format!(
+            "callback must be a function, got {}",
+            describe(callback)
+        )));
+    }
+    let hold = options::hold_options(options)?;
+    let cancel = CancellationToken::new();
+    if let Some(signal) = &hold.signal {
+        follow_signal(env, signal, &cancel)
+            .map_err(|_| LockError::type_error("options.signal must be an AbortSignal"))?;
+    }
+    let function: Function<LockContext, Either<Promise<RetainedValue>, RetainedValue>> =
+        unsafe { callback.cast() }
+            .map_err(|_| LockError::type_error("callback must be a function"))?;
+    let callback = function
+        .build_threadsafe_function::<LockContext>()
+        .build()
+        .map_err(|_| LockError::type_error("callback must be a function"))?;
+    Ok(Prepared {
+        ids,
+        callback,
+        acquire: AcquireOptions {
+            wait_timeout: hold.wait_timeout,
+            retry_interval: hold.retry_interval,
+            hold: HoldOptions {
+                lock_timeout: hold.lock_timeout,
+                lease: hold.lease,
+            },
+            cancel,
+        },
+    })
+}
+
+/// Cancels `cancel` when the caller's `AbortSignal` aborts (or already has).
+fn follow_signal(env: &Env, signal: &Object<'_>, cancel: &CancellationToken) -> napi::Result<()> {
+    if signal.get_named_property::<bool>("aborted")? {
+        cancel.cancel();
+        return Ok(());
+    }
+    let token = cancel.clone();
+    let listener = env.create_function_from_closure::<(), (), _>("onAbort", move |_| {
+        token.cancel();
+        Ok(())
+    })?;
+    let mut once = Object::new(env)?;
+    once.set_named_property("once", true)?;
+    let add: Function<FnArgs<(&str, Function<(), ()>, Object)>, Unknown> =
+        signal.get_named_property("addEventListener")?;
+    add.apply(signal, FnArgs::from(("abort", listener, once)))?;
+    Ok(())
+}
+
+async fn hold(
+    connection: std::sync::Arc<Connection>,
+    prepared: Prepared,
+) -> Result<RetainedValue, Failure> {
+    let Prepared {
+        ids,
+        callback,
+        acquire,
+    } = prepared;
+    let service = connection.service().await?;
+    let guard = service.acquire(&ids.key, &acquire).await?;
+
+    let (abort_tx, mut abort_rx) = oneshot::channel::<AbortContext>();
+    let context = LockContext {
+        key: ids.key.clone(),
+        fencing_token: guard.fencing_token(),
+        abort: abort_tx,
+    };
+    let outcome = async {
+        match callback.call_async_catch(context).await? {
+            Either::A(promise) => promise.await,
+            Either::B(value) => Ok(value),
+        }
+    };
+    tokio::pin!(outcome);
+
+    let mut abort: Option<AbortContext> = None;
+    let mut caller_aborted = false;
+    let ended = loop {
+        tokio::select! {
+            biased;
+            result = &mut outcome => break Ok(result),
+            why = guard.lost() => break Err(why),
+            received = &mut abort_rx, if abort.is_none() => {
+                abort = received.ok();
+                if caller_aborted {
+                    if let Some(abort) = &abort { abort.abort(LockError::Aborted) }
+                }
+            }
+            _ = acquire.cancel.cancelled(), if !caller_aborted => {
+                caller_aborted = true;
+                if let Some(abort) = &abort { abort.abort(LockError::Aborted) }
+            }
+        }
+    };
+    match ended {
+        Ok(result) => match guard.release().await? {
+            true => result.map_err(Failure::Js),
+            // Someone removed the lock while we held it: the original's release
+            // failed the same way.
+            false => Err(Failure::Lock(LockError::NotDeleted {
+                ids: lock_core::ids_to_string(&ids.ids),
+            })),
+        },
+        Err(why) => {
+            let copy = copy_of(&why);
+            match abort {
+                Some(abort) => abort.abort(copy),
+                // The callback has not been handed its context yet: abort it once it is.
+                None => {
+                    tokio::spawn(async move {
+                        if let Ok(abort) = abort_rx.await {
+                            abort.abort(copy);
+                        }
+                    });
+                }
+            }
+            // Only our own lock is removed; a later holder's stays.
+            let _ = guard.release().await;
+            Err(Failure::Lock(why))
+        }
+    }
+}
+
+/// The reasons a hold ends early carry no driver error, so they can be repeated
+/// as the signal's abort reason.
+fn copy_of(why: &LockError) -> LockError {
+    match why {
+        LockError::LockTimeout => LockError::LockTimeout,
+        LockError::Closed => LockError::Closed,
+        LockError::LockLost { reason } => LockError::LockLost {
+            reason: reason.clone(),
+        },
+        other => LockError::LockLost {
+            reason: other.to_string(),
+        },
+    }
+}

@@ -1,0 +1,46 @@
+//! `lock(resourceIds, options?)`: one attempt, as the original.
+
+use lock_core::LockKey;
+use napi::bindgen_prelude::{Either, PromiseRaw};
+use napi::{Env, Unknown};
+use napi_derive::napi;
+
+use crate::resource_lock::ResourceLock;
+use crate::{options, resource_ids};
+
+#[napi]
+impl ResourceLock {
+    /// Creates the lock document of `resourceIds` in `_locks` and resolves with its key
+    /// (the one id itself, or the ids joined with `#`). Rejects with a
+    /// `MongoServerError` (code 11000, `duplicate key`) when it is held. With
+    /// `{ lease }` (ms) the lock expires and may then be taken over; without it the
+    /// lock stays until `unlock`, as in the original.
+    #[napi(
+        ts_args_type = "resourceIds: ResourceIds, options?: LockOptions",
+        ts_return_type = "Promise<string | number>"
+    )]
+    pub fn lock<'env>(
+        &self,
+        env: &'env Env,
+        resource_ids: Unknown<'env>,
+        options: Option<Unknown<'env>>,
+    ) -> napi::Result<PromiseRaw<'env, Either<String, f64>>> {
+        let parsed = resource_ids::parse(resource_ids)
+            .and_then(|ids| Ok((ids, options::lock_lease(options)?)));
+        let connection = self.connection.clone();
+        self.run(
+            env,
+            async move {
+                let (ids, lease) = parsed?;
+                connection.service().await?.lock(&ids.key, lease).await?;
+                Ok(ids.key)
+            },
+            |_, key| {
+                Ok(match key {
+                    LockKey::Str(s) => Either::A(s),
+                    LockKey::Num(n) => Either::B(n),
+                })
+            },
+        )
+    }
+}

@@ -1,0 +1,239 @@
+//! Options from JavaScript, checked: a wrong type is a `TypeError`, a value out of
+//! range a `RangeError`, each naming the option.
+
+use std::time::Duration;
+
+use lock_core::mongodb::options::{Acknowledgment, WriteConcern};
+use lock_core::LockError;
+use napi::bindgen_prelude::{JsObjectValue, Object};
+use napi::{Unknown, ValueType};
+
+use crate::resource_ids::describe;
+
+/// `doWhileLocked`'s options.
+pub struct HoldOptions<'env> {
+    /// `None`: `Infinity`.
+    pub lock_timeout: Option<Duration>,
+    pub wait_timeout: Duration,
+    pub retry_interval: Duration,
+    pub lease: Duration,
+    pub signal: Option<Object<'env>>,
+}
+
+const DEFAULT_LOCK_TIMEOUT: f64 = 5_000.0;
+const DEFAULT_WAIT_TIMEOUT: f64 = 5_000.0;
+const DEFAULT_RETRY_INTERVAL: f64 = 125.0;
+/// The lease of a lock held with `lockTimeout: Infinity` and no `lease`.
+const DEFAULT_RENEWED_LEASE: f64 = 30_000.0;
+/// Timers beyond this are treated as `Infinity` (about 24 days, Node's own timer limit).
+const LONGEST: f64 = 2_147_483_647.0;
+
+/// The options argument itself: `undefined` / `null` mean defaults.
+pub fn options_object<'env>(
+    value: Option<Unknown<'env>>,
+    name: &str,
+) -> Result<Option<Object<'env>>, LockError> {
+    let Some(value) = value else { return Ok(None) };
+    match value.get_type() {
+        Ok(ValueType::Undefined) | Ok(ValueType::Null) => Ok(None),
+        Ok(ValueType::Object) => Ok(Some(
+            unsafe { value.cast::<Object>() }.map_err(|_| not_object(name, value))?,
+        )),
+        _ => Err(not_object(name, value)),
+    }
+}
+
+fn not_object(name: &str, value: Unknown<'_>) -> LockError {
+    LockError::type_error(format!("{name} must be an object, got {}", describe(value)))
+}
+
+pub fn hold_options<'env>(value: Option<Unknown<'env>>) -> Result<HoldOptions<'env>, LockError> {
+    let options = options_object(value, "options")?;
+    let o = options.as_ref();
+    let lock_timeout = millis(o, "lockTimeout", DEFAULT_LOCK_TIMEOUT, true)?;
+    let wait_timeout = millis(o, "waitTimeout", DEFAULT_WAIT_TIMEOUT, true)?;
+    let retry_interval = millis(o, "retryInterval", DEFAULT_RETRY_INTERVAL, false)?;
+    let lease = match field(o, "lease")? {
+        None => lock_timeout.unwrap_or(Duration::from_millis(DEFAULT_RENEWED_LEASE as u64)),
+        Some(_) => match millis(o, "lease", 0.0, false)? {
+            Some(lease) if !lease.is_zero() => lease,
+            _ => {
+                return Err(LockError::range_error(
+                    "options.lease must be a finite number of milliseconds greater than 0",
+                ))
+            }
+        },
+    };
+    let signal = match field(o, "signal")? {
+        None => None,
+        Some(signal) => Some(abort_signal(signal)?),
+    };
+    Ok(HoldOptions {
+        lock_timeout,
+        wait_timeout: wait_timeout.unwrap_or(Duration::from_millis(LONGEST as u64)),
+        retry_interval: retry_interval
+            .unwrap_or(Duration::from_millis(DEFAULT_RETRY_INTERVAL as u64)),
+        lease,
+        signal,
+    })
+}
+
+/// `lock(ids, { lease })`: `None` means a lock that never expires, as in the original.
+pub fn lock_lease(value: Option<Unknown<'_>>) -> Result<Option<Duration>, LockError> {
+    let options = options_object(value, "options")?;
+    match field(options.as_ref(), "lease")? {
+        None => Ok(None),
+        Some(_) => match millis(options.as_ref(), "lease", 0.0, false)? {
+            Some(lease) if !lease.is_zero() => Ok(Some(lease)),
+            _ => Err(LockError::range_error(
+                "options.lease must be a finite number of milliseconds greater than 0",
+            )),
+        },
+    }
+}
+
+/// A number of milliseconds: `None` for `Infinity` where `infinite_ok`.
+pub fn millis(
+    options: Option<&Object<'_>>,
+    name: &str,
+    default: f64,
+    infinite_ok: bool,
+) -> Result<Option<Duration>, LockError> {
+    let value = match field(options, name)? {
+        None => default,
+        Some(v) => {
+            if v.get_type().ok() != Some(ValueType::Number) {
+                return Err(LockError::type_error(format!(
+                    "options.{name} must be a number, got {}",
+                    describe(v)
+                )));
+            }
+            unsafe { v.cast::<f64>() }
+                .map_err(|_| LockError::type_error(format!("options.{name} must be a number")))?
+        }
+    };
+    if value.is_nan() || value < 0.0 {
+        return Err(LockError::range_error(format!(
+            "options.{name} must be a number of milliseconds >= 0, got {}",
+            lock_core::js_number_to_string(value)
+        )));
+    }
+    if value.is_infinite() || value > LONGEST {
+        if infinite_ok {
+            return Ok(None);
+        }
+        return Err(LockError::range_error(format!(
+            "options.{name} must be a finite number of milliseconds (at most {LONGEST})"
+        )));
+    }
+    Ok(Some(Duration::from_micros((value * 1000.0) as u64)))
+}
+
+/// A property that is present (not `undefined`).
+pub fn field<'env>(
+    options: Option<&Object<'env>>,
+    name: &str,
+) -> Result<Option<Unknown<'env>>, LockError> {
+    let Some(options) = options else {
+        return Ok(None);
+    };
+    let value: Unknown = options
+        .get_named_property(name)
+        .map_err(|_| LockError::type_error(format!("options.{name} could not be read")))?;
+    Ok(match value.get_type() {
+        Ok(ValueType::Undefined) => None,
+        _ => Some(value),
+    })
+}
+
+fn abort_signal(value: Unknown<'_>) -> Result<Object<'_>, LockError> {
+    let bad = || {
+        LockError::type_error(format!(
+            "options.signal must be an AbortSignal, got {}",
+            describe(value)
+        ))
+    };
+    if value.get_type().ok() != Some(ValueType::Object) {
+        return Err(bad());
+    }
+    let object: Object = unsafe { value.cast() }.map_err(|_| bad())?;
+    let aborted: Unknown = object.get_named_property("aborted").map_err(|_| bad())?;
+    let listen: Unknown = object
+        .get_named_property("addEventListener")
+        .map_err(|_| bad())?;
+    if aborted.get_type().ok() != Some(ValueType::Boolean)
+        || listen.get_type().ok() != Some(ValueType::Function)
+    {
+        return Err(bad());
+    }
+    Ok(object)
+}
+
+/// A string option, or `None`.
+pub fn string(options: Option<&Object<'_>>, name: &str) -> Result<Option<String>, LockError> {
+    match field(options, name)? {
+        None => Ok(None),
+        Some(v) if v.get_type().ok() == Some(ValueType::Null) => Ok(None),
+        Some(v) if v.get_type().ok() == Some(ValueType::String) => {
+            Ok(unsafe { v.cast::<String>() }.ok())
+        }
+        Some(v) => Err(LockError::type_error(format!(
+            "options.{name} must be a string, got {}",
+            describe(v)
+        ))),
+    }
+}
+
+/// The constructor's `writeConcern` option: `{ w, journal, wtimeoutMS }`.
+pub fn write_concern(options: Option<&Object<'_>>) -> Result<Option<WriteConcern>, LockError> {
+    let Some(value) = field(options, "writeConcern")? else {
+        return Ok(None);
+    };
+    let bad = |why: &str| LockError::type_error(format!("options.writeConcern{why}"));
+    if value.get_type().ok() != Some(ValueType::Object) {
+        return Err(bad(" must be an object like { w: 'majority' }"));
+    }
+    let wc: Object = unsafe { value.cast() }.map_err(|_| bad(" must be an object"))?;
+    let w = match field(Some(&wc), "w")? {
+        None => None,
+        Some(w) => match w.get_type().ok() {
+            Some(ValueType::String) => {
+                let tag: String =
+                    unsafe { w.cast() }.map_err(|_| bad(".w must be a number or a string"))?;
+                Some(if tag == "majority" {
+                    Acknowledgment::Majority
+                } else {
+                    Acknowledgment::Custom(tag)
+                })
+            }
+            Some(ValueType::Number) => {
+                let n: f64 =
+                    unsafe { w.cast() }.map_err(|_| bad(".w must be a number or a string"))?;
+                if !(n.is_finite() && n >= 0.0 && n.fract() == 0.0) {
+                    return Err(LockError::range_error(
+                        "options.writeConcern.w must be an integer >= 0",
+                    ));
+                }
+                Some(Acknowledgment::Nodes(n as u32))
+            }
+            _ => return Err(bad(".w must be a number or a string")),
+        },
+    };
+    let journal = match field(Some(&wc), "journal")?.or(field(Some(&wc), "j")?) {
+        None => None,
+        Some(j) if j.get_type().ok() == Some(ValueType::Boolean) => {
+            unsafe { j.cast::<bool>() }.ok()
+        }
+        Some(_) => return Err(bad(".journal must be a boolean")),
+    };
+    let timeout = millis(Some(&wc), "wtimeoutMS", 0.0, false)
+        .map_err(|e| LockError::range_error(format!("options.writeConcern: {e}")))?
+        .filter(|d| !d.is_zero());
+    Ok(Some(
+        WriteConcern::builder()
+            .w(w)
+            .journal(journal)
+            .w_timeout(timeout)
+            .build(),
+    ))
+}

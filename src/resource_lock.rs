@@ -1,0 +1,137 @@
+//! The `ResourceLock` class and its constructor; each method lives in its own file.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::LockError;
+use napi::bindgen_prelude::{PromiseRaw, ToNapiValue};
+use napi::{Env, Unknown, ValueType};
+use napi_derive::napi;
+
+use crate::connection::{Connection, Source};
+use crate::errors;
+use crate::node_client::{self, CloseClient};
+use crate::options;
+
+/// A failure of an operation: ours, or exactly what the caller's callback threw.
+pub enum Failure {
+    Lock(LockError),
+    Js(napi::Error),
+}
+
+impl From<LockError> for Failure {
+    fn from(error: LockError) -> Self {
+        Failure::Lock(error)
+    }
+}
+
+/// Creates lock documents in the `_locks` collection and runs functions while holding
+/// a lock. A drop-in replacement for `ResourceLock` of `@discue/mongodb-resource-client`.
+#[napi]
+pub struct ResourceLock {
+    pub(crate) connection: Arc<Connection>,
+    /// The caller's `MongoClient`, closed by `close()` as the original does.
+    pub(crate) node_client: Option<CloseClient>,
+}
+
+#[napi]
+impl ResourceLock {
+    /// `client`: a `MongoClient` of the `mongodb` package (driver 5, 6 or 7), whose
+    /// settings the addon's own connection copies; or `url`, a connection string.
+    /// The database is `DSQ_MONGODB_RESOURCE_CLIENT_DB_NAME`, else `databaseName`,
+    /// else the client's default database, else `test`.
+    #[napi(constructor, ts_args_type = "options: ResourceLockOptions")]
+    pub fn new(env: Env, options: Option<Unknown<'_>>) -> napi::Result<Self> {
+        let built = Self::build(&env, options);
+        built.map_err(|e| errors::to_napi(&env, e, &[]))
+    }
+
+    fn build(env: &Env, options: Option<Unknown<'_>>) -> Result<Self, LockError> {
+        if options
+            .is_none_or(|o| matches!(o.get_type(), Ok(ValueType::Undefined) | Ok(ValueType::Null)))
+        {
+            return Err(LockError::type_error(
+                "Configuration Error. `client` needs to be set: pass options with a MongoClient as `client` or a connection string as `url`",
+            ));
+        }
+        let o = options::options_object(options, "options")?;
+        let o = o.as_ref();
+        let url = options::string(o, "url")?;
+        let database = std::env::var("DSQ_MONGODB_RESOURCE_CLIENT_DB_NAME")
+            .ok()
+            .filter(|name| !name.is_empty())
+            .or(options::string(o, "databaseName")?);
+        let connect_timeout = options::millis(o, "connectTimeout", 10_000.0, false)?;
+        let write_concern = options::write_concern(o)?;
+        let (source, node_client) = match options::field(o, "client")? {
+            Some(client) if client.get_type().ok() != Some(ValueType::Null) => {
+                if client.get_type().ok() != Some(ValueType::Object) {
+                    return Err(LockError::type_error("options.client must be a MongoClient of the mongodb package"));
+                }
+                let client = unsafe { client.cast::<napi::bindgen_prelude::Object>() }
+                    .map_err(|_| LockError::type_error("options.client must be a MongoClient"))?;
+                let (settings, close, warnings) = node_client::read(&client)?;
+                for warning in warnings {
+                    node_client::emit_warning(env, &warning);
+                }
+                (Source::NodeClient(Box::new(settings)), Some(close))
+            }
+            _ => match url {
+                Some(url) => (Source::Url(url), None),
+                None => {
+                    return Err(LockError::type_error(
+                        "Configuration Error. `client` needs to be set: pass a MongoClient as `client` or a connection string as `url`",
+                    ))
+                }
+            },
+        };
+        let connection = Arc::new(Connection::new(
+            source,
+            database,
+            connect_timeout,
+            write_concern,
+        ));
+        prepare_in_background(&connection);
+        Ok(ResourceLock {
+            connection,
+            node_client,
+        })
+    }
+
+    /// Runs `work` on the tokio runtime and settles the returned promise on the JS
+    /// thread, where failures become JavaScript errors (`errors.rs`).
+    pub(crate) fn run<'env, T, V, F, C>(
+        &self,
+        env: &'env Env,
+        work: F,
+        convert: C,
+    ) -> napi::Result<PromiseRaw<'env, V>>
+    where
+        T: Send + 'static,
+        V: ToNapiValue,
+        F: Future<Output = Result<T, Failure>> + Send + 'static,
+        C: FnOnce(&'env Env, T) -> napi::Result<V> + 'static,
+    {
+        let connection = self.connection.clone();
+        env.spawn_future_with_callback(async move { Ok(work.await) }, move |env, outcome| {
+            match outcome {
+                Ok(value) => convert(env, value),
+                Err(Failure::Lock(error)) => Err(errors::to_napi(env, error, &connection.secrets)),
+                Err(Failure::Js(error)) => Err(error),
+            }
+        })
+    }
+}
+
+/// Connects and creates the indexes right away, as the original starts index creation
+/// in its constructor, so that the first lock does not pay for it. Failures are left
+/// for the first call to report; every lock still waits for the indexes.
+fn prepare_in_background(connection: &Arc<Connection>) {
+    let connection = connection.clone();
+    napi::bindgen_prelude::spawn(async move {
+        if let Ok(service) = connection.service().await {
+            let _ = tokio::time::timeout(Duration::from_secs(30), service.ensure_indexes()).await;
+        }
+    });
+}
