@@ -26,6 +26,10 @@ type Callback = ThreadsafeFunction<
     false,
 >;
 
+/// `signal.addEventListener('abort', listener, { once: true })`.
+type AddEventListener<'env> =
+    Function<'env, FnArgs<(&'static str, Function<'env, (), ()>, Object<'env>)>, Unknown<'env>>;
+
 struct Prepared {
     ids: ResourceIds,
     callback: Callback,
@@ -116,8 +120,7 @@ fn follow_signal(env: &Env, signal: &Object<'_>, cancel: &CancellationToken) -> 
     })?;
     let mut once = Object::new(env)?;
     once.set_named_property("once", true)?;
-    let add: Function<FnArgs<(&str, Function<(), ()>, Object)>, Unknown> =
-        signal.get_named_property("addEventListener")?;
+    let add: AddEventListener = signal.get_named_property("addEventListener")?;
     add.apply(signal, FnArgs::from(("abort", listener, once)))?;
     Ok(())
 }

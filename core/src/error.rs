@@ -20,8 +20,8 @@ pub enum LockError {
     #[error("{message}")]
     DuplicateKey {
         message: String,
-        key_pattern: Document,
-        key_value: Document,
+        key_pattern: Box<Document>,
+        key_value: Box<Document>,
     },
 
     /// `unlock` found nothing to delete; `ids` is `String(resourceIds)`.
@@ -94,8 +94,8 @@ impl LockError {
             if w.code == DUPLICATE_KEY {
                 return LockError::DuplicateKey {
                     message: w.message.clone(),
-                    key_pattern: doc! { "id": 1 },
-                    key_value: doc! { "id": key.to_bson() },
+                    key_pattern: Box::new(doc! { "id": 1 }),
+                    key_value: Box::new(doc! { "id": key.to_bson() }),
                 };
             }
         }

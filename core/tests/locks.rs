@@ -72,7 +72,7 @@ async fn a_second_lock_is_a_duplicate_key_and_unlock_frees_it() {
             message, key_value, ..
         }) => {
             assert!(message.contains("duplicate key"), "{message}");
-            assert_eq!(key_value, doc! { "id": 123 });
+            assert_eq!(*key_value, doc! { "id": 123 });
         }
         other => panic!("expected a duplicate key, got {other:?}"),
     }

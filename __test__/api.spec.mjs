@@ -1,0 +1,176 @@
+// The original's API and behaviour (../shared/UPSTREAM.md), point by point.
+import test from 'ava'
+import { MongoClient } from 'mongodb'
+import { ResourceLock, addonLock, freshDatabase, sleep, url } from './helpers.mjs'
+
+test('lock resolves to the key: one id keeps its type, several are joined with #', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  t.is(await lock.lock([123]), 123)
+  t.is(await lock.lock(['a']), 'a')
+  t.is(await lock.lock(['a', 'b', 7]), 'a#b#7')
+  t.is(await lock.lock('plain'), 'plain')
+})
+
+test('a held key rejects with a MongoServerError-shaped duplicate key error', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  await lock.lock(['dup'])
+  const error = await t.throwsAsync(lock.lock(['dup']))
+  t.is(error.code, 11000)
+  t.is(error.name, 'MongoServerError')
+  t.regex(error.message, /duplicate key/)
+  t.regex(error.errorResponse.errmsg, /duplicate key/)
+  t.deepEqual(error.keyPattern, { id: 1 })
+  t.deepEqual(error.keyValue, { id: 'dup' })
+})
+
+test('123 and 123.0 are one key, "123" another', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  await lock.lock([123])
+  const error = await t.throwsAsync(lock.lock([123.0]))
+  t.deepEqual(error.keyValue, { id: 123 })
+  t.is(await lock.lock(['123']), '123')
+})
+
+test('documents and indexes are the original\'s', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const before = Date.now()
+  await lock.lock(['doc'])
+  const doc = await db.collection('_locks').findOne({ id: 'doc' }, { promoteValues: false })
+  t.is(doc.locked_at._bsontype, 'Double')
+  t.true(doc.locked_at.value >= before && doc.locked_at.value <= Date.now())
+  t.is(doc._meta_data.created_at._bsontype, 'Timestamp')
+  t.true(Math.abs(doc._meta_data.created_at.toNumber() - doc.locked_at.value) < 5)
+  const indexes = await db.collection('_locks').indexes()
+  t.deepEqual(indexes.map((i) => i.name).sort(), ['_id_', 'id_1', 'locked_at_1'])
+  t.true(indexes.find((i) => i.name === 'id_1').unique)
+  t.is(indexes.find((i) => i.name === 'locked_at_1').expireAfterSeconds, 1)
+})
+
+test('unlock resolves undefined, and rejects when there is nothing to delete', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  await lock.lock(['a', 'b'])
+  t.is(await lock.unlock(['a', 'b']), undefined)
+  const error = await t.throwsAsync(lock.unlock(['a', 'b']))
+  t.is(error.message, 'Was not able to delete a,b.')
+  t.is(error.constructor, Error)
+})
+
+test('anyone may unlock any key, as in the original', async (t) => {
+  const { name } = await freshDatabase(t)
+  await addonLock(t, name).lock(['shared'])
+  await t.notThrowsAsync(addonLock(t, name).unlock(['shared']))
+})
+
+test('doWhileLocked resolves with exactly what the callback returned', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const object = { same: true }
+  const symbol = Symbol('s')
+  t.is(await lock.doWhileLocked(['v'], () => object), object)
+  t.is(await lock.doWhileLocked(['v'], () => undefined), undefined)
+  t.is(await lock.doWhileLocked(['v'], () => symbol), symbol)
+  t.is(await lock.doWhileLocked(['v'], async () => { await sleep(5); return object }), object)
+  t.is(await lock.doWhileLocked(['v'], () => null), null)
+})
+
+test('doWhileLocked rejects with exactly what the callback threw, and releases', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const error = new RangeError('mine')
+  t.is(await t.throwsAsync(lock.doWhileLocked(['e'], () => { throw error })), error)
+  t.is(await t.throwsAsync(lock.doWhileLocked(['e'], async () => { throw error })), error)
+  const thrown = await lock.doWhileLocked(['e'], () => { throw 'a string' }).catch((e) => e) // eslint-disable-line no-throw-literal
+  t.is(thrown, 'a string')
+  t.is(await db.collection('_locks').countDocuments(), 0)
+})
+
+test('a second caller runs after the first releases (original timing: 500-700 ms)', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  let start
+  let secondRanAt
+  let firstStarted
+  const started = new Promise((resolve) => { firstStarted = resolve })
+  await Promise.all([
+    lock.doWhileLocked(['timed'], () => { start = Date.now(); firstStarted(); return sleep(500) }),
+    started.then(() => sleep(50)).then(() => lock.doWhileLocked(['timed'], () => { secondRanAt = Date.now() - start }))
+  ])
+  t.true(secondRanAt >= 500 && secondRanAt <= 700, `second ran at ${secondRanAt} ms`)
+})
+
+test('waitTimeout: 250 against a 1 s holder rejects with Unable to establish lock.', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const holding = lock.doWhileLocked(['busy'], () => sleep(1_000))
+  await sleep(20)
+  const error = await t.throwsAsync(lock.doWhileLocked(['busy'], () => {}, { waitTimeout: 250 }))
+  t.is(error.message, 'Unable to establish lock.')
+  await holding
+})
+
+test('lockTimeout: 250 with a 1 s callback rejects with Lock interrupted by timeout', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const start = Date.now()
+  const error = await t.throwsAsync(lock.doWhileLocked(['slow'], () => sleep(1_000), { lockTimeout: 250 }))
+  t.is(error.message, 'Lock interrupted by timeout')
+  t.true(Date.now() - start < 900)
+  t.is(await db.collection('_locks').countDocuments({ id: 'slow' }), 0, 'released at the timeout')
+})
+
+test('database: databaseName, else the client\'s default database, else test; the env variable wins', async (t) => {
+  const client = new MongoClient(`${url}/fromurl`)
+  const lock = new ResourceLock({ client })
+  const key = `db-${Date.now()}`
+  await lock.lock([key])
+  t.truthy(await client.db('fromurl').collection('_locks').findOne({ id: key }))
+  await lock.unlock([key])
+  await lock.close()
+
+  const plain = new MongoClient(url)
+  const inTest = new ResourceLock({ url })
+  await inTest.lock([key])
+  t.truthy(await plain.db('test').collection('_locks').findOne({ id: key }))
+  await inTest.unlock([key])
+  await inTest.close()
+
+  process.env.DSQ_MONGODB_RESOURCE_CLIENT_DB_NAME = 'fromenv'
+  try {
+    const fromEnv = new ResourceLock({ url, databaseName: 'ignored' })
+    await fromEnv.lock([key])
+    t.truthy(await plain.db('fromenv').collection('_locks').findOne({ id: key }))
+    await fromEnv.unlock([key])
+    await fromEnv.close()
+  } finally {
+    delete process.env.DSQ_MONGODB_RESOURCE_CLIENT_DB_NAME
+  }
+  await plain.db('fromenv').dropDatabase()
+  await plain.db('fromurl').dropDatabase()
+  await plain.close()
+})
+
+test('without client or url the constructor throws a TypeError', (t) => {
+  t.throws(() => new ResourceLock(), { instanceOf: TypeError, message: /client/ })
+  t.throws(() => new ResourceLock({}), { instanceOf: TypeError, message: /client/ })
+  t.throws(() => new ResourceLock({ client: {} }), { instanceOf: TypeError, message: /MongoClient/ })
+  t.throws(() => new ResourceLock({ url, connectTimeout: -1 }), { instanceOf: RangeError, message: /connectTimeout/ })
+})
+
+test('close() closes the caller\'s MongoClient, as the original does', async (t) => {
+  const client = new MongoClient(url)
+  let closed = 0
+  const close = client.close.bind(client)
+  client.close = (...args) => { closed++; return close(...args) }
+  const lock = new ResourceLock({ client })
+  await lock.lock([`close-${Date.now()}`]).then((key) => lock.unlock([key]))
+  await lock.close()
+  t.is(closed, 1)
+  const error = await t.throwsAsync(lock.lock(['after-close']))
+  t.is(error.code, 'ERR_LOCK_CLOSED')
+  await t.notThrowsAsync(lock.close())
+})

@@ -1,0 +1,40 @@
+// Shared by the specs: a real server from MONGODB_URL (scripts/run.mjs starts one).
+import { randomBytes } from 'node:crypto'
+import { createRequire } from 'node:module'
+import { MongoClient } from 'mongodb'
+
+const require = createRequire(import.meta.url)
+export const { ResourceLock } = require('../index.js')
+
+export const url = process.env.MONGODB_URL
+if (!url) throw new Error('MONGODB_URL is not set: run the tests with `npm test`')
+
+/** A database of its own for one test, dropped afterwards. */
+export async function freshDatabase (t) {
+  const name = `t_${randomBytes(6).toString('hex')}`
+  const client = new MongoClient(url)
+  t.teardown(async () => {
+    await client.db(name).dropDatabase().catch(() => {})
+    await client.close()
+  })
+  return { name, client, db: client.db(name) }
+}
+
+/** An addon ResourceLock on its own client, closed after the test. */
+export function addonLock (t, databaseName, options = {}) {
+  const lock = new ResourceLock({ client: new MongoClient(url), databaseName, ...options })
+  t.teardown(() => lock.close())
+  return lock
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Waits until `predicate` holds (polling), or fails after `ms`. */
+export async function eventually (predicate, ms = 5_000) {
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    if (await predicate()) return true
+    await sleep(10)
+  }
+  return false
+}

@@ -1,0 +1,106 @@
+// Leases, the context argument, fencing tokens and cancellation.
+import { spawn } from 'node:child_process'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import test from 'ava'
+import { addonLock, freshDatabase, sleep, url } from './helpers.mjs'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+
+test('the callback gets { key, signal, fencingToken }; tokens strictly increase', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const other = addonLock(t, name)
+  const tokens = []
+  for (const holder of [lock, other, lock, other]) {
+    await holder.doWhileLocked(['a', 1], (context) => {
+      t.is(context.key, 'a#1')
+      t.false(context.signal.aborted)
+      t.is(typeof context.fencingToken, 'bigint')
+      tokens.push(context.fencingToken)
+    })
+  }
+  for (let i = 1; i < tokens.length; i++) t.true(tokens[i] > tokens[i - 1])
+})
+
+test('context.signal aborts when lockTimeout passes', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  let signal
+  await t.throwsAsync(lock.doWhileLocked(['t'], (context) => {
+    signal = context.signal
+    return sleep(600)
+  }, { lockTimeout: 150 }), { message: /interrupt/ })
+  t.true(signal.aborted)
+  t.is(signal.reason.message, 'Lock interrupted by timeout')
+})
+
+test('a short lease is renewed while the callback runs', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const rival = addonLock(t, name)
+  let rivalGotIt = false
+  const holding = lock.doWhileLocked(['renewed'], async (context) => {
+    await sleep(900)
+    return context.signal.aborted
+  }, { lease: 300, lockTimeout: Infinity })
+  await sleep(50)
+  await rival.doWhileLocked(['renewed'], () => { rivalGotIt = true }, { waitTimeout: 600 }).catch(() => {})
+  t.false(await holding, 'the holder was never told it lost the lock')
+  t.false(rivalGotIt, 'nobody took over a renewed lease')
+})
+
+test('aborting the caller\'s signal while waiting rejects at once with an AbortError', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  await lock.lock(['waited'])
+  const controller = new AbortController()
+  const started = Date.now()
+  setTimeout(() => controller.abort(), 100)
+  const error = await t.throwsAsync(lock.doWhileLocked(['waited'], () => {}, { waitTimeout: 10_000, signal: controller.signal }))
+  t.is(error.name, 'AbortError')
+  t.true(Date.now() - started < 1_000)
+  const already = AbortSignal.abort()
+  t.is((await t.throwsAsync(lock.doWhileLocked(['free'], () => {}, { signal: already }))).name, 'AbortError')
+})
+
+test('aborting the caller\'s signal while holding aborts context.signal', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const controller = new AbortController()
+  const result = await lock.doWhileLocked(['held'], async (context) => {
+    controller.abort()
+    for (let i = 0; i < 100 && !context.signal.aborted; i++) await sleep(5)
+    return context.signal.aborted
+  }, { signal: controller.signal })
+  t.true(result)
+})
+
+test('a manual lock with a lease expires and is taken over; one without never is', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  await lock.lock(['leased'], { lease: 200 })
+  await lock.lock(['forever'])
+  t.is(await lock.doWhileLocked(['leased'], () => 'taken', { waitTimeout: 2_000 }), 'taken')
+  await t.throwsAsync(lock.doWhileLocked(['forever'], () => {}, { waitTimeout: 400 }), { message: 'Unable to establish lock.' })
+})
+
+test('a holder killed with SIGKILL frees the key within lease + one retry interval', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lease = 1_000
+  const child = spawn(process.execPath, [path.join(here, 'fixtures', 'hold-forever.mjs'), name, 'crash', String(lease)], {
+    env: { ...process.env, MONGODB_URL: url },
+    stdio: ['ignore', 'pipe', 'inherit']
+  })
+  await new Promise((resolve, reject) => {
+    child.stdout.on('data', (chunk) => { if (String(chunk).includes('held')) resolve() })
+    child.once('exit', (code) => reject(new Error(`holder exited early (${code})`)))
+  })
+  child.kill('SIGKILL')
+  const killedAt = Date.now()
+  const lock = addonLock(t, name)
+  await lock.doWhileLocked(['crash'], () => {}, { waitTimeout: 10_000 })
+  const delay = Date.now() - killedAt
+  t.log(`taken over ${delay} ms after the kill (lease ${lease} ms)`)
+  t.true(delay <= lease + 125 + 100, `took ${delay} ms`)
+})
