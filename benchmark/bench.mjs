@@ -1,0 +1,129 @@
+// `npm run bench`: the original JavaScript ResourceLock and this addon, in the same run,
+// alternating, on the same server (MONGODB_URL or the embedded one). Prints a table of
+// medians, percentiles and ratios and saves it to benchmark/results/latest.json.
+import { writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { ResourceLock as OriginalLock } from '@discue/mongodb-resource-client'
+import { MongoClient } from 'mongodb'
+
+const require = createRequire(import.meta.url)
+const { ResourceLock: AddonLock } = require('../index.js')
+const here = path.dirname(fileURLToPath(import.meta.url))
+const url = process.env.MONGODB_URL
+const rounds = Number(process.env.BENCH_ROUNDS ?? 2)
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+const percentile = (values, p) => {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
+}
+
+const implementations = {
+  original: (databaseName) => new OriginalLock({ client: new MongoClient(url), databaseName }),
+  addon: (databaseName) => new AddonLock({ client: new MongoClient(url), databaseName })
+}
+
+async function withLock (impl, fn) {
+  const databaseName = `bench_${impl}_${Date.now()}`
+  const lock = implementations[impl](databaseName)
+  await sleep(300) // the original creates its indexes in the background
+  await lock.doWhileLocked(['warm-up'], () => {})
+  try {
+    return await fn(lock)
+  } finally {
+    const client = new MongoClient(url)
+    await client.db(databaseName).dropDatabase()
+    await client.close()
+    await lock.close()
+  }
+}
+
+const workloads = {
+  async uncontended (impl) {
+    return withLock(impl, async (lock) => {
+      const latencies = []
+      for (let i = 0; i < 300; i++) {
+        const start = process.hrtime.bigint()
+        await lock.doWhileLocked([`fresh-${i}`], () => {})
+        latencies.push(Number(process.hrtime.bigint() - start) / 1e6)
+      }
+      return { p50_ms: percentile(latencies, 50), p99_ms: percentile(latencies, 99) }
+    })
+  },
+  async parallel (impl) {
+    return withLock(impl, async (lock) => {
+      let done = 0
+      const until = Date.now() + 2_000
+      await Promise.all(Array.from({ length: 64 }, async (_, caller) => {
+        for (let i = 0; Date.now() < until; i++) {
+          await lock.doWhileLocked([`p-${caller}-${i}`], () => {})
+          done++
+        }
+      }))
+      return { ops_per_s: done / 2 }
+    })
+  },
+  async oneKey16Callers (impl) {
+    return withLock(impl, async (lock) => {
+      const turns = new Array(16).fill(0)
+      const waits = []
+      const until = Date.now() + 3_000
+      await Promise.all(turns.map(async (_, caller) => {
+        while (Date.now() < until) {
+          const asked = Date.now()
+          try {
+            await lock.doWhileLocked(['hot'], async () => {
+              waits.push(Date.now() - asked)
+              turns[caller]++
+              await sleep(1)
+            }, { waitTimeout: 10_000 })
+          } catch {
+            waits.push(Date.now() - asked)
+          }
+        }
+      }))
+      const total = turns.reduce((a, b) => a + b, 0)
+      return { handovers_per_s: total / 3, p99_wait_ms: percentile(waits, 99), fewest_turns: Math.min(...turns), mean_turns: total / 16 }
+    })
+  }
+}
+
+async function ping () {
+  const client = new MongoClient(url)
+  await client.db('admin').command({ ping: 1 })
+  const times = []
+  for (let i = 0; i < 100; i++) {
+    const start = process.hrtime.bigint()
+    await client.db('admin').command({ ping: 1 })
+    times.push(Number(process.hrtime.bigint() - start) / 1e6)
+  }
+  await client.close()
+  return { p50_ms: percentile(times, 50), p99_ms: percentile(times, 99) }
+}
+
+const results = { date: new Date().toISOString(), server: url.replace(/\/\/[^@/]*@/, '//****@'), node: process.version, rounds, ping: await ping(), workloads: {} }
+for (const [name, workload] of Object.entries(workloads)) {
+  const runs = { original: [], addon: [] }
+  for (let round = 0; round < rounds; round++) {
+    for (const impl of round % 2 ? ['addon', 'original'] : ['original', 'addon']) {
+      runs[impl].push(await workload(impl))
+    }
+  }
+  const median = (impl) => Object.fromEntries(Object.keys(runs[impl][0]).map((k) => [k, percentile(runs[impl].map((r) => r[k]), 50)]))
+  results.workloads[name] = { original: median('original'), addon: median('addon') }
+}
+
+const rows = []
+for (const [name, { original, addon }] of Object.entries(results.workloads)) {
+  for (const metric of Object.keys(original)) {
+    const higherIsBetter = /per_s|turns/.test(metric)
+    const ratio = higherIsBetter ? addon[metric] / original[metric] : original[metric] / addon[metric]
+    rows.push({ workload: name, metric, original: +original[metric].toFixed(2), addon: +addon[metric].toFixed(2), 'addon advantage': `${ratio.toFixed(2)}x` })
+  }
+}
+console.log(`server ${results.server}; ping p50 ${results.ping.p50_ms.toFixed(2)} ms, p99 ${results.ping.p99_ms.toFixed(2)} ms; median of ${rounds} alternating rounds`)
+console.table(rows)
+results.table = rows
+writeFileSync(path.join(here, 'results', 'latest.json'), JSON.stringify(results, null, 2) + '\n')
+process.exit(0)
