@@ -47,7 +47,9 @@ impl Connection {
                 .iter()
                 .filter_map(|c| c.password.clone())
                 .collect(),
-            Source::Url(url) => url_password(url).into_iter().collect(),
+            Source::Url(url) => url_password(url)
+                .map(|encoded| vec![percent_decode(&encoded), encoded])
+                .unwrap_or_default(),
         };
         Connection {
             source,
@@ -237,9 +239,37 @@ fn url_password(url: &str) -> Option<String> {
     Some(password.to_owned())
 }
 
+/// `%40` → `@`: connection strings carry the password percent-encoded.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::url_password;
+    use super::{percent_decode, url_password};
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(percent_decode("p%40ss%2"), "p@ss%2");
+    }
 
     #[test]
     fn finds_the_password_of_a_url() {
