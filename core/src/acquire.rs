@@ -85,13 +85,19 @@ async fn acquire_in_database(
     let store = &service.store;
     let lease = Some(options.hold.lease);
     let mut backoff = Backoff::new(options.retry_interval);
+    let mut subscription = None;
     loop {
-        let mut releases = service.feed.subscribe(store.collection()).await;
-        let blocker = match store.insert(key, owner, lease).await {
+        match store.insert(key, owner, lease).await {
             Ok(held) => return Ok(held),
-            Err(LockError::DuplicateKey { .. }) => store.blocker(key).await?,
+            Err(LockError::DuplicateKey { .. }) => {}
             Err(e) => return Err(e),
-        };
+        }
+        // Only now, with somebody in the way, is the release feed worth its cost.
+        if subscription.is_none() {
+            subscription = Some(service.feed.subscribe(store.collection()).await);
+        }
+        let releases = subscription.as_mut().expect("subscribed above");
+        let blocker = store.blocker(key).await?;
         let wait = match &blocker {
             // Released between our insert and our look: try again at once.
             None => Duration::ZERO,

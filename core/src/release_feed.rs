@@ -1,18 +1,21 @@
 //! Wakes waiters when a lock document is deleted, instead of on a timer.
 //!
-//! One change stream per `LockService` (so per client), shared by all its waiters.
-//! A waiter subscribes before its insert attempt, so a release that happens between
-//! the failed insert and the wait is never missed. Where the deployment offers no
-//! change streams (a standalone server) the feed reports itself unavailable and
-//! waiters fall back to polling with jittered exponential backoff.
+//! One change stream per `LockService` (so per client), shared by all its waiters,
+//! opened when the first waiter needs it and closed again after a quiet minute, so
+//! that callers who never wait cost the server nothing. A waiter subscribes after
+//! its failed insert but before it looks up the document in its way, so a release
+//! that happens in between is either seen by the look-up or delivered by the feed.
+//! Where the deployment offers no change streams (a standalone server) the feed
+//! reports itself unavailable and waiters poll with jittered exponential backoff.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Collection;
 use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,9 +26,13 @@ enum FeedState {
 }
 
 pub struct ReleaseFeed {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     released: broadcast::Sender<Bson>,
     state: watch::Sender<FeedState>,
-    started: Mutex<bool>,
+    running: Mutex<bool>,
     stop: CancellationToken,
 }
 
@@ -59,77 +66,94 @@ const START_WAIT: Duration = Duration::from_secs(2);
 const REOPEN_DELAY: Duration = Duration::from_secs(1);
 /// After the server refused to open one (standalone): it will not change its mind soon.
 const RETRY_REFUSED_DELAY: Duration = Duration::from_secs(30);
+/// A stream nobody listened to for this long is closed.
+const IDLE_CLOSE: Duration = Duration::from_secs(60);
 
 impl ReleaseFeed {
     pub fn new(stop: CancellationToken) -> Self {
         ReleaseFeed {
-            released: broadcast::channel(1024).0,
-            state: watch::channel(FeedState::Starting).0,
-            started: Mutex::new(false),
-            stop,
+            inner: Arc::new(Inner {
+                released: broadcast::channel(1024).0,
+                state: watch::channel(FeedState::Starting).0,
+                running: Mutex::new(false),
+                stop,
+            }),
         }
     }
 
-    /// Subscribes to releases, starting the stream on first use.
+    /// Subscribes to releases, opening the stream if it is not open.
     pub async fn subscribe(&self, locks: &Collection<Document>) -> Subscription {
-        let released = self.released.subscribe();
-        self.start_once(locks);
-        let mut state = self.state.subscribe();
+        let released = self.inner.released.subscribe();
+        self.start(locks);
+        let mut state = self.inner.state.subscribe();
         let settled =
             tokio::time::timeout(START_WAIT, state.wait_for(|s| *s != FeedState::Starting)).await;
         let live = matches!(settled, Ok(Ok(s)) if *s == FeedState::Live);
         Subscription { released, live }
     }
 
-    fn start_once(&self, locks: &Collection<Document>) {
-        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
-        if *started {
+    fn start(&self, locks: &Collection<Document>) {
+        let mut running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        if *running {
             return;
         }
-        *started = true;
-        let locks = locks.clone();
-        let released = self.released.clone();
-        let state = self.state.clone();
-        let stop = self.stop.clone();
+        *running = true;
+        self.inner.state.send_replace(FeedState::Starting);
+        let (inner, locks) = (self.inner.clone(), locks.clone());
         tokio::spawn(async move {
-            stop.run_until_cancelled(follow(locks, released, state))
+            inner
+                .stop
+                .clone()
+                .run_until_cancelled(follow(&inner, locks))
                 .await;
         });
     }
 }
 
-async fn follow(
-    locks: Collection<Document>,
-    released: broadcast::Sender<Bson>,
-    state: watch::Sender<FeedState>,
-) {
+/// Follows the stream until it has been idle for `IDLE_CLOSE`.
+async fn follow(inner: &Inner, locks: Collection<Document>) {
     loop {
         let opened = locks
             .watch()
             .pipeline([doc! { "$match": { "operationType": "delete" } }])
             .await;
-        match opened {
-            Ok(mut stream) => {
-                state.send_replace(FeedState::Live);
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(event) => {
-                            if let Some(id) = event.document_key.and_then(|k| k.get("_id").cloned())
-                            {
-                                // No receiver is fine: nobody is waiting.
-                                let _ = released.send(id);
-                            }
-                        }
-                        Err(_) => break,
-                    }
-                }
-                state.send_replace(FeedState::Unavailable);
-                tokio::time::sleep(REOPEN_DELAY).await;
-            }
+        let mut stream = match opened {
+            Ok(stream) => stream,
             Err(_) => {
-                state.send_replace(FeedState::Unavailable);
+                inner.state.send_replace(FeedState::Unavailable);
                 tokio::time::sleep(RETRY_REFUSED_DELAY).await;
+                continue;
+            }
+        };
+        inner.state.send_replace(FeedState::Live);
+        let mut last_listened = Instant::now();
+        loop {
+            tokio::select! {
+                event = stream.next() => match event {
+                    Some(Ok(event)) => {
+                        if let Some(id) = event.document_key.and_then(|k| k.get("_id").cloned()) {
+                            // No receiver is fine: nobody is waiting.
+                            let _ = inner.released.send(id);
+                        }
+                    }
+                    Some(Err(_)) | None => break,
+                },
+                _ = tokio::time::sleep(IDLE_CLOSE / 4) => {}
+            }
+            if inner.released.receiver_count() > 0 {
+                last_listened = Instant::now();
+            } else if last_listened.elapsed() >= IDLE_CLOSE {
+                // Stop here; the next subscriber starts a new stream. Marking it not
+                // running under the lock keeps a subscriber from missing the restart.
+                let mut running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
+                if inner.released.receiver_count() == 0 {
+                    *running = false;
+                    inner.state.send_replace(FeedState::Starting);
+                    return;
+                }
             }
         }
+        inner.state.send_replace(FeedState::Unavailable);
+        tokio::time::sleep(REOPEN_DELAY).await;
     }
 }
