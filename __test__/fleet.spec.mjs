@@ -65,9 +65,9 @@ test('the original reads and releases locks written by the addon, and the revers
   t.is(await db.collection('_locks').countDocuments(), 0)
 })
 
-test('across processes: 2 addon + 2 original processes, read-modify-write increments stay exact', async (t) => {
+test('soak across processes: 2 addon + 2 original processes, read-modify-write increments stay exact', async (t) => {
   const { name, db } = await freshDatabase(t)
-  const perProcess = 15
+  const perProcess = Number(process.env.SOAK_INCREMENTS ?? 25)
   const impls = ['addon', 'original', 'addon', 'original']
   const outputs = await Promise.all(impls.map((impl) =>
     run(process.execPath, [path.join(here, 'fixtures', 'increment-worker.mjs'), impl, name, String(perProcess), 'fleet'], {
@@ -76,6 +76,7 @@ test('across processes: 2 addon + 2 original processes, read-modify-write increm
     })))
   const counter = await db.collection('counters').findOne({ _id: 'c' })
   t.is(counter.n, perProcess * impls.length)
+  t.log(`${impls.length} processes x ${perProcess} increments`)
   const intervals = outputs.flatMap(({ stdout }) => JSON.parse(stdout.trim()).intervals).sort((a, b) => a[0] - b[0])
   for (let i = 1; i < intervals.length; i++) {
     t.true(intervals[i][0] >= intervals[i - 1][1], `hold ${i} started before hold ${i - 1} ended`)

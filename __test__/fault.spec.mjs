@@ -1,0 +1,45 @@
+// The test server killed and restarted (on-disk storage) in the middle of a run.
+import { execFile } from 'node:child_process'
+import path from 'node:path'
+import { promisify } from 'node:util'
+import { fileURLToPath } from 'node:url'
+import test from 'ava'
+import { removeStorage, startServer, tempStorage } from '../scripts/test-server.mjs'
+import { sleep } from './helpers.mjs'
+
+const run = promisify(execFile)
+const here = path.dirname(fileURLToPath(import.meta.url))
+
+test('a server restart: in-flight calls reject, no two holders, work resumes, workers exit', async (t) => {
+  const storage = tempStorage()
+  let server = await startServer({ storagePath: storage })
+  const port = server.port
+  t.teardown(async () => { await server.stop(); removeStorage(storage) })
+  // Short server selection so that calls fail fast while the server is down.
+  const url = `${server.url}/?serverSelectionTimeoutMS=1500&connectTimeoutMS=1500`
+  const started = Date.now()
+  const until = started + 9_000
+  const workers = [1, 2, 3].map(() => run(process.execPath, [path.join(here, 'fixtures', 'restart-worker.mjs'), url, 'restart', String(until)], { timeout: 60_000 }))
+
+  await sleep(2_000)
+  await server.stop('SIGKILL')
+  const downAt = Date.now()
+  await sleep(1_500)
+  server = await startServer({ port, storagePath: storage })
+  const upAt = Date.now()
+  t.log(`server down for ${upAt - downAt} ms`)
+
+  const results = (await Promise.all(workers)).map(({ stdout }) => JSON.parse(stdout.trim()))
+  const holds = results.flatMap((r) => r.holds).sort((a, b) => a.start - b.start)
+  const errors = results.flatMap((r) => r.errors)
+  t.log(`${holds.length} holds, ${errors.length} rejected calls: ${[...new Set(errors.map((e) => e.message.slice(0, 70)))].join(' | ')}`)
+
+  for (let i = 1; i < holds.length; i++) {
+    t.true(holds[i].start >= holds[i - 1].end, `holds ${i - 1} and ${i} overlap`)
+    t.true(BigInt(holds[i].token) > BigInt(holds[i - 1].token), `fencing token ${i} did not increase across the restart`)
+  }
+  t.true(holds.some((h) => h.end < downAt), 'work before the restart')
+  t.true(holds.some((h) => h.start > upAt), 'work resumed after the restart')
+  t.true(errors.length > 0, 'calls in flight while the server was down were rejected')
+  t.true(errors.every((e) => e.message && e.message !== 'undefined'), 'every rejection has a message')
+})
