@@ -104,3 +104,44 @@ test('a holder killed with SIGKILL frees the key within lease + one retry interv
   t.log(`taken over ${delay} ms after the kill (lease ${lease} ms)`)
   t.true(delay <= lease + 125 + 100, `took ${delay} ms`)
 })
+
+test('a renewal that finds the lock gone aborts context.signal and rejects', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const intruder = addonLock(t, name)
+  let signal
+  let entered
+  const inside = new Promise((resolve) => { entered = resolve })
+  const holding = lock.doWhileLocked(['stolen'], async (context) => {
+    signal = context.signal
+    entered()
+    await sleep(1_000)
+  }, { lease: 300, lockTimeout: Infinity })
+  await inside
+  await intruder.unlock(['stolen']) // anyone may unlock, as in the original
+  const error = await t.throwsAsync(holding)
+  t.is(error.code, 'ERR_LOCK_LOST')
+  t.regex(error.message, /^Lock interrupted/)
+  t.true(signal.aborted)
+  t.is(signal.reason.code, 'ERR_LOCK_LOST')
+})
+
+test('close() while holding aborts context.signal, releases the lock and rejects waiters', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  let signal
+  let entered
+  const inside = new Promise((resolve) => { entered = resolve })
+  const holding = lock.doWhileLocked(['closing'], async (context) => {
+    signal = context.signal
+    entered()
+    await sleep(500)
+  })
+  const waiting = lock.doWhileLocked(['closing'], () => {}, { waitTimeout: 10_000 })
+  await inside
+  await lock.close()
+  t.is((await t.throwsAsync(holding)).code, 'ERR_LOCK_CLOSED')
+  t.is((await t.throwsAsync(waiting)).code, 'ERR_LOCK_CLOSED')
+  t.true(signal.aborted)
+  t.is(await db.collection('_locks').countDocuments(), 0, 'the held lock was released')
+})
