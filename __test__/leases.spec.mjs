@@ -40,12 +40,15 @@ test('a short lease is renewed while the callback runs', async (t) => {
   const lock = addonLock(t, name)
   const rival = addonLock(t, name)
   let rivalGotIt = false
+  let entered
+  const inside = new Promise((resolve) => { entered = resolve })
   const holding = lock.doWhileLocked(['renewed'], async (context) => {
-    await sleep(900)
+    entered()
+    await sleep(2_500)
     return context.signal.aborted
-  }, { lease: 300, lockTimeout: Infinity })
-  await sleep(50)
-  await rival.doWhileLocked(['renewed'], () => { rivalGotIt = true }, { waitTimeout: 600 }).catch(() => {})
+  }, { lease: 600, lockTimeout: Infinity })
+  await inside
+  await rival.doWhileLocked(['renewed'], () => { rivalGotIt = true }, { waitTimeout: 1_500 }).catch(() => {})
   t.false(await holding, 'the holder was never told it lost the lock')
   t.false(rivalGotIt, 'nobody took over a renewed lease')
 })
@@ -96,11 +99,16 @@ test('a holder killed with SIGKILL frees the key within lease + one retry interv
     child.stdout.on('data', (chunk) => { if (String(chunk).includes('held')) resolve() })
     child.once('exit', (code) => reject(new Error(`holder exited early (${code})`)))
   })
+  // The waiter is connected and waiting before the kill, so only the takeover is timed.
+  const lock = addonLock(t, name)
+  await lock.doWhileLocked(['warm-up'], () => {})
+  let tookOverAt
+  const waiting = lock.doWhileLocked(['crash'], () => { tookOverAt = Date.now() }, { waitTimeout: 10_000 })
+  await sleep(100)
   child.kill('SIGKILL')
   const killedAt = Date.now()
-  const lock = addonLock(t, name)
-  await lock.doWhileLocked(['crash'], () => {}, { waitTimeout: 10_000 })
-  const delay = Date.now() - killedAt
+  await waiting
+  const delay = tookOverAt - killedAt
   t.log(`taken over ${delay} ms after the kill (lease ${lease} ms)`)
   t.true(delay <= lease + 125 + 100, `took ${delay} ms`)
 })

@@ -1,7 +1,9 @@
 // `npm run bench`: the original JavaScript ResourceLock and this addon, in the same run,
 // alternating, on the same server (MONGODB_URL or the embedded one). Prints a table of
 // medians, percentiles and ratios and saves it to benchmark/results/latest.json.
+import { spawn } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
+import readline from 'node:readline'
 import { createRequire } from 'node:module'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -37,6 +39,25 @@ async function withLock (impl, fn) {
     await client.close()
     await lock.close()
   }
+}
+
+/** Runs `processes` contender processes on one key, started together. */
+async function contend (impl, processes, callers, seconds) {
+  const databaseName = `bench_${impl}_procs_${Date.now()}`
+  const children = Array.from({ length: processes }, () => spawn(process.execPath,
+    [path.join(here, 'contender.mjs'), impl, databaseName, String(callers)], { stdio: ['pipe', 'pipe', 'inherit'] }))
+  const lines = children.map((child) => readline.createInterface({ input: child.stdout })[Symbol.asyncIterator]())
+  await Promise.all(lines.map((it) => it.next()))
+  // Once all are connected, each gets the same deadline as its start signal.
+  const until = Date.now() + seconds * 1000
+  children.forEach((child) => child.stdin.end(String(until)))
+  const reports = (await Promise.all(lines.map((it) => it.next()))).map(({ value }) => JSON.parse(value))
+  const client = new MongoClient(url)
+  await client.db(databaseName).dropDatabase()
+  await client.close()
+  const turns = reports.flatMap((r) => r.turns)
+  const total = turns.reduce((a, b) => a + b, 0)
+  return { handovers_per_s: total / seconds, p99_wait_ms: percentile(reports.flatMap((r) => r.waits), 99), fewest_turns: Math.min(...turns), mean_turns: total / turns.length }
 }
 
 const workloads = {
@@ -86,6 +107,9 @@ const workloads = {
       const total = turns.reduce((a, b) => a + b, 0)
       return { handovers_per_s: total / 3, p99_wait_ms: percentile(waits, 99), fewest_turns: Math.min(...turns), mean_turns: total / 16 }
     })
+  },
+  async fourProcesses (impl) {
+    return contend(impl, 4, 4, 4)
   }
 }
 
@@ -103,7 +127,8 @@ async function ping () {
 }
 
 const results = { date: new Date().toISOString(), server: url.replace(/\/\/[^@/]*@/, '//****@'), node: process.version, rounds, ping: await ping(), workloads: {} }
-for (const [name, workload] of Object.entries(workloads)) {
+const only = process.env.BENCH_ONLY?.split(',')
+for (const [name, workload] of Object.entries(workloads).filter(([name]) => !only || only.includes(name))) {
   const runs = { original: [], addon: [] }
   for (let round = 0; round < rounds; round++) {
     for (const impl of round % 2 ? ['addon', 'original'] : ['original', 'addon']) {

@@ -61,6 +61,19 @@ pub(crate) async fn acquire(
             }
         }
     }
+    if let Some(until) = turn
+        .state
+        .yield_until
+        .take()
+        .filter(|t| *t > Instant::now())
+    {
+        tokio::select! {
+            biased;
+            _ = options.cancel.cancelled() => return Err(LockError::Aborted),
+            _ = service.closed.cancelled() => return Err(LockError::Closed),
+            _ = tokio::time::sleep_until(until.min(deadline)) => {}
+        }
+    }
     let held = acquire_in_database(service, key, &owner, options, deadline).await?;
     Ok(guard(service, key, held, options, turn))
 }

@@ -23,7 +23,9 @@ pub const OWNER: &str = "owner";
 /// When the lease ends, on the server's clock. Absent on locks without a lease
 /// (the original's, and `lock()` without `lease`), which are never taken over.
 pub const LEASE_EXPIRES_AT: &str = "lease_expires_at";
-pub const FENCING_TOKEN: &str = "fencing_token";
+/// Set by a waiter of another process that found the lock in its way: when the
+/// holder's process releases the key, it lets that waiter try first.
+pub const CONTENDED: &str = "contended";
 
 /// A new lock document, as the original writes it plus our fields.
 pub fn new_lock(key: &LockKey, owner: &str, lease_expires_at: Option<DateTime>) -> Document {

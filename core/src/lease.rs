@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{LockError, Result};
 use crate::key::LockKey;
 use crate::local_queue::{Inherited, LocalTurn, MAX_LOCAL_HANDOVERS};
-use crate::store::Held;
+use crate::store::{Held, Released};
 use crate::LockService;
 
 /// How a held lock behaves over time.
@@ -44,6 +44,7 @@ impl LockGuard {
         options: HoldOptions,
         turn: Option<LocalTurn>,
     ) -> Self {
+        service.hold_started();
         let guard = LockGuard {
             service,
             key,
@@ -110,6 +111,7 @@ impl Drop for LockGuard {
     fn drop(&mut self) {
         self.stop.cancel();
         if self.released {
+            self.service.hold_ended();
             return;
         }
         let (service, key, owner, turn) = (
@@ -120,8 +122,11 @@ impl Drop for LockGuard {
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = release(service, key, owner, turn, false).await;
+                let _ = release(service.clone(), key, owner, turn, false).await;
+                service.hold_ended();
             });
+        } else {
+            self.service.hold_ended();
         }
     }
 }
@@ -138,7 +143,7 @@ async fn release(
     hand_over: bool,
 ) -> Result<bool> {
     let Some(mut turn) = turn else {
-        return service.store.delete_owned(&key, &owner).await;
+        return Ok(service.store.delete_owned(&key, &owner).await? != Released::NotOurs);
     };
     if hand_over && turn.has_waiters() && turn.state.streak < MAX_LOCAL_HANDOVERS {
         turn.state.streak += 1;
@@ -153,10 +158,13 @@ async fn release(
         return Ok(true);
     }
     turn.state.streak = 0;
-    let deleted = service.store.delete_owned(&key, &owner).await;
+    let released = service.store.delete_owned(&key, &owner).await;
+    if matches!(released, Ok(Released::Contended)) {
+        turn.state.yield_until = Some(Instant::now() + service.store.yield_window());
+    }
     drop(turn);
     service.queues.tidy(&key);
-    deleted
+    Ok(released? != Released::NotOurs)
 }
 
 /// Renews the lease while it is needed and signals the loss of the lock.

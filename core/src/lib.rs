@@ -33,9 +33,14 @@ use local_queue::LocalQueues;
 use release_feed::ReleaseFeed;
 use store::LockStore;
 
+/// How long `close()` waits for held locks to be released.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// Locks in one database, over one client.
 pub struct LockService {
     client: Client,
+    /// Locks held right now; `close()` waits for their release before disconnecting.
+    holds: tokio::sync::watch::Sender<usize>,
     store: LockStore,
     feed: ReleaseFeed,
     queues: LocalQueues,
@@ -49,6 +54,7 @@ impl LockService {
             store: LockStore::new(client.database(database), write_concern),
             feed: ReleaseFeed::new(closed.child_token()),
             queues: LocalQueues::default(),
+            holds: tokio::sync::watch::channel(0).0,
             client,
             closed,
         })
@@ -90,10 +96,21 @@ impl LockService {
         acquire::acquire(self, key, options).await
     }
 
-    /// Stops every waiter and holder (their locks are released), then disconnects.
+    /// Stops every waiter and holder, waits (up to `CLOSE_GRACE`) for the holders'
+    /// locks to be released, then disconnects.
     pub async fn close(&self) {
         self.closed.cancel();
+        let mut holds = self.holds.subscribe();
+        let _ = tokio::time::timeout(CLOSE_GRACE, holds.wait_for(|n| *n == 0)).await;
         self.client.clone().shutdown().immediate(true).await;
+    }
+
+    pub(crate) fn hold_started(&self) {
+        self.holds.send_modify(|n| *n += 1);
+    }
+
+    pub(crate) fn hold_ended(&self) {
+        self.holds.send_modify(|n| *n = n.saturating_sub(1));
     }
 
     pub fn is_closed(&self) -> bool {

@@ -25,9 +25,28 @@ pub struct SlotState {
     pub inherited: Option<Inherited>,
     /// Local hand-overs since the key was last released in the database.
     pub streak: u32,
+    /// After releasing a lock that another process waited for, this process's next
+    /// attempt waits until then, so that the waiter gets its turn.
+    pub yield_until: Option<tokio::time::Instant>,
+}
+
+impl SlotState {
+    fn yielding(&self) -> bool {
+        self.yield_until
+            .is_some_and(|t| t > tokio::time::Instant::now())
+    }
 }
 
 impl KeySlot {
+    /// Nobody uses the slot and it remembers nothing that matters.
+    fn idle(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) == 1
+            && self
+                .state
+                .try_lock()
+                .is_ok_and(|state| state.inherited.is_none() && !state.yielding())
+    }
+
     /// Takes back a lock left for a local waiter when no waiter took its turn.
     pub fn take_orphaned(self: &Arc<Self>) -> Option<Inherited> {
         let mut state = self.state.clone().try_lock_owned().ok()?;
@@ -75,7 +94,7 @@ impl LocalQueues {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         // Drop idle slots so a process that locks millions of distinct keys stays flat.
         if slots.len() > 1024 {
-            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+            slots.retain(|_, slot| !slot.idle());
         }
         slots
             .entry(map_key(key))
@@ -92,10 +111,7 @@ impl LocalQueues {
     pub fn tidy(&self, key: &LockKey) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let name = map_key(key);
-        if slots
-            .get(&name)
-            .is_some_and(|slot| Arc::strong_count(slot) == 1)
-        {
+        if slots.get(&name).is_some_and(|slot| slot.idle()) {
             slots.remove(&name);
         }
     }

@@ -1,6 +1,7 @@
 //! Every read and write of lock documents. Nothing else in the crate talks to MongoDB
 //! about locks, so the queries that make the guarantees hold are all in this file.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
@@ -8,7 +9,9 @@ use mongodb::options::{IndexOptions, ReturnDocument, WriteConcern};
 use mongodb::{ClientSession, Collection, Database, IndexModel};
 use tokio::sync::OnceCell;
 
-use crate::document::{self, FENCES_COLLECTION, ID, LEASE_EXPIRES_AT, LOCKS_COLLECTION, OWNER};
+use crate::document::{
+    self, CONTENDED, FENCES_COLLECTION, ID, LEASE_EXPIRES_AT, LOCKS_COLLECTION, OWNER,
+};
 use crate::error::{LockError, Result};
 use crate::key::LockKey;
 use crate::server_clock::ServerClock;
@@ -34,8 +37,21 @@ pub struct Blocker {
     pub lease_expires_at: Option<DateTime>,
 }
 
+/// The outcome of deleting our own lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// Deleted; nobody else was waiting for it.
+    Free,
+    /// Deleted; a waiter marked it while we held it.
+    Contended,
+    /// It was no longer ours.
+    NotOurs,
+}
+
 pub struct LockStore {
     db: Database,
+    /// Smoothed round trip of our inserts, in microseconds.
+    write_rtt_micros: AtomicU64,
     locks: Collection<Document>,
     fences: Collection<Document>,
     indexes: OnceCell<()>,
@@ -56,6 +72,7 @@ impl LockStore {
         }
         LockStore {
             db,
+            write_rtt_micros: AtomicU64::new(1_000),
             locks,
             fences,
             indexes: OnceCell::new(),
@@ -126,11 +143,14 @@ impl LockStore {
         let sent_at = Instant::now();
         let expiry = self.lease_expiry(lease).await?;
         let mut session = self.db.client().start_session().await?;
-        self.locks
+        let started = Instant::now();
+        let inserted = self
+            .locks
             .insert_one(document::new_lock(key, owner, expiry))
             .session(&mut session)
-            .await
-            .map_err(|e| LockError::from_insert(e, key))?;
+            .await;
+        self.observe_write(started.elapsed());
+        inserted.map_err(|e| LockError::from_insert(e, key))?;
         let fencing_token = self.fencing_token(key, &session).await?;
         Ok(Held {
             owner: owner.to_owned(),
@@ -139,11 +159,15 @@ impl LockStore {
         })
     }
 
-    /// The lock document in the way, if any.
+    /// The lock document in the way, if any, marked as contended so that its holder's
+    /// process lets other processes have the next turn.
     pub async fn blocker(&self, key: &LockKey) -> Result<Option<Blocker>> {
         let found = self
             .locks
-            .find_one(doc! { ID: key.to_bson() })
+            .find_one_and_update(
+                doc! { ID: key.to_bson() },
+                doc! { "$set": { CONTENDED: true } },
+            )
             .projection(doc! { "_id": 1, LEASE_EXPIRES_AT: 1 })
             .await?;
         Ok(found.map(|d| Blocker {
@@ -191,7 +215,7 @@ impl LockStore {
     }
 
     /// Hands a held lock to a new owner without releasing it (local hand-over):
-    /// one round trip, and a new fencing token.
+    /// one round trip, and a new fencing token. `None` when it is no longer `from`'s.
     pub async fn transfer(
         &self,
         key: &LockKey,
@@ -234,13 +258,33 @@ impl LockStore {
         Ok(result.matched_count == 1)
     }
 
-    /// Deletes the lock only if we still own it.
-    pub async fn delete_owned(&self, key: &LockKey, owner: &str) -> Result<bool> {
-        let result = self
+    /// Deletes the lock only if we still own it: one round trip.
+    pub async fn delete_owned(&self, key: &LockKey, owner: &str) -> Result<Released> {
+        let deleted = self
             .locks
-            .delete_one(doc! { ID: key.to_bson(), OWNER: owner })
+            .find_one_and_delete(doc! { ID: key.to_bson(), OWNER: owner })
+            .projection(doc! { CONTENDED: 1 })
             .await?;
-        Ok(result.deleted_count == 1)
+        Ok(match deleted {
+            None => Released::NotOurs,
+            Some(d) if d.get_bool(CONTENDED).unwrap_or(false) => Released::Contended,
+            Some(_) => Released::Free,
+        })
+    }
+
+    /// How long a process that just released a contended lock lets others try first:
+    /// about one write round trip, the time they need to insert after the release
+    /// reaches them through the change stream.
+    pub fn yield_window(&self) -> Duration {
+        let rtt = Duration::from_micros(self.write_rtt_micros.load(Ordering::Relaxed));
+        (rtt * 2 + Duration::from_millis(1)).min(Duration::from_millis(50))
+    }
+
+    fn observe_write(&self, took: Duration) {
+        let sample = took.as_micros().min(u64::MAX as u128) as u64;
+        let old = self.write_rtt_micros.load(Ordering::Relaxed);
+        self.write_rtt_micros
+            .store((old * 7 + sample) / 8, Ordering::Relaxed);
     }
 
     /// Deletes the lock whoever holds it, as the original's `unlock` does.

@@ -1,0 +1,37 @@
+// One process of the four-process workload: `callers` callers loop on one key with a
+// 1 ms critical section; prints "ready" once connected, starts when a deadline (epoch
+// ms) arrives on stdin, runs until then, and prints their turns and waits as JSON.
+// argv: <impl> <databaseName> <callers>
+import { createRequire } from 'node:module'
+import { ResourceLock as OriginalLock } from '@discue/mongodb-resource-client'
+import { MongoClient } from 'mongodb'
+
+const require = createRequire(import.meta.url)
+const [impl, databaseName, callers] = process.argv.slice(2)
+const url = process.env.MONGODB_URL
+const lock = impl === 'original'
+  ? new OriginalLock({ client: new MongoClient(url), databaseName })
+  : new (require('../index.js').ResourceLock)({ client: new MongoClient(url), databaseName })
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+await lock.doWhileLocked([`warm-${process.pid}`], () => {})
+process.stdout.write('ready\n')
+const until = Number(String(await new Promise((resolve) => process.stdin.once('data', resolve))))
+const turns = new Array(Number(callers)).fill(0)
+const waits = []
+await Promise.all(turns.map(async (_, caller) => {
+  while (Date.now() < until) {
+    const asked = Date.now()
+    try {
+      await lock.doWhileLocked(['hot'], async () => {
+        waits.push(Date.now() - asked)
+        turns[caller]++
+        await sleep(1)
+      }, { waitTimeout: 10_000 })
+    } catch {
+      waits.push(Date.now() - asked)
+    }
+  }
+}))
+process.stdout.write(JSON.stringify({ turns, waits }) + '\n')
+await lock.close()
+process.exit(0)
