@@ -110,6 +110,26 @@ const workloads = {
   },
   async fourProcesses (impl) {
     return contend(impl, 4, 4, 4)
+  },
+  async memory (impl) {
+    const cycles = Number(process.env.BENCH_MEMORY_CYCLES ?? 20_000)
+    const child = spawn(process.execPath, ['--expose-gc', path.join(here, 'memory.mjs'), impl, String(cycles)], { stdio: ['ignore', 'pipe', 'inherit'] })
+    let samples
+    for await (const line of readline.createInterface({ input: child.stdout })) samples = JSON.parse(line)
+    const first = samples[0]
+    const last = samples.at(-1)
+    return { cycles, rss_after_mb: last.rss_mb, heap_after_mb: last.heap_mb, rss_growth_mb: last.rss_mb - first.rss_mb, heap_growth_mb: last.heap_mb - first.heap_mb }
+  },
+  // What the binding itself costs per call: a call that crosses into Rust, runs on
+  // tokio and comes back as a rejection, without touching the server.
+  async bindingCost (impl) {
+    if (impl === 'original') return { per_call_us: NaN }
+    const lock = implementations.addon('bench_binding')
+    await lock.close()
+    const n = 20_000
+    const start = process.hrtime.bigint()
+    for (let i = 0; i < n; i++) await lock.lock(['x']).catch(() => {})
+    return { per_call_us: Number(process.hrtime.bigint() - start) / 1e3 / n }
   }
 }
 
@@ -144,11 +164,14 @@ for (const [name, { original, addon }] of Object.entries(results.workloads)) {
   for (const metric of Object.keys(original)) {
     const higherIsBetter = /per_s|turns/.test(metric)
     const ratio = higherIsBetter ? addon[metric] / original[metric] : original[metric] / addon[metric]
-    rows.push({ workload: name, metric, original: +original[metric].toFixed(2), addon: +addon[metric].toFixed(2), 'addon advantage': `${ratio.toFixed(2)}x` })
+    const comparable = Number.isFinite(ratio) && !/cycles|growth/.test(metric)
+    rows.push({ workload: name, metric, original: +original[metric].toFixed(2), addon: +addon[metric].toFixed(2), 'addon advantage': comparable ? `${ratio.toFixed(2)}x` : '' })
   }
 }
 console.log(`server ${results.server}; ping p50 ${results.ping.p50_ms.toFixed(2)} ms, p99 ${results.ping.p99_ms.toFixed(2)} ms; median of ${rounds} alternating rounds`)
 console.table(rows)
 results.table = rows
-writeFileSync(path.join(here, 'results', 'latest.json'), JSON.stringify(results, null, 2) + '\n')
+const label = process.env.BENCH_LABEL ?? 'latest'
+writeFileSync(path.join(here, 'results', `${label}.json`), JSON.stringify(results, null, 2) + '\n')
+console.log(`saved benchmark/results/${label}.json`)
 process.exit(0)

@@ -35,7 +35,7 @@ try {
     run('cargo', ['fmt', '--all', '--check'])
     run('cargo', ['clippy', '--workspace', '--all-targets', '--', '-D', 'warnings'])
   }
-  run('npx', ['napi', 'build', '--platform', '--release'])
+  run('npm', ['run', 'build'])
   const url = process.env.MONGODB_URL ?? (server = await startServer()).url
   console.log(`\nMongoDB: ${url.replace(/\/\/[^@/]*@/, '//****@')}${server ? ' (embedded SecantusDB test server)' : ''}`)
   const env = { MONGODB_URL: url }
