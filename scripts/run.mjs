@@ -14,9 +14,12 @@ if (!tasks.includes(task)) {
   process.exit(2)
 }
 
-function run (command, args, env = {}) {
+function run (command, args, env = {}, timeoutMs = undefined) {
   console.log(`\n$ ${[command, ...args].join(' ')}`)
-  const result = spawnSync(command, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env } })
+  const result = spawnSync(command, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env }, timeout: timeoutMs })
+  if (result.error?.code === 'ETIMEDOUT') {
+    throw new Error(`${command} ${args.join(' ')} did not exit within ${timeoutMs / 1000} s (something kept the process alive)`)
+  }
   if (result.status !== 0) {
     throw new Error(`${command} ${args.join(' ')} failed (${result.status ?? result.signal})`)
   }
@@ -47,6 +50,10 @@ try {
     run('cargo', ['test', '--workspace'], env)
     run('npx', ['tsc', '-p', '__test__/typings/tsconfig.json'])
     run('npx', ['ava'], env)
+    // The same small spec under the other runners; each must exit on its own.
+    run('npx', ['jest', '--ci', '--detectOpenHandles', '__test__/runners/jest.test.cjs'], env, 120_000)
+    run('npx', ['mocha', '__test__/runners/mocha.spec.cjs'], env, 120_000)
+    run('npx', ['vitest', 'run', '__test__/runners/vitest.test.mjs'], env, 120_000)
   }
 } catch (error) {
   console.error(`\n${error.message}`)

@@ -1,0 +1,4 @@
+'use strict'
+const { lockWaitReleaseClose, title } = require('./lock-spec.cjs')
+
+test(title, () => lockWaitReleaseClose('jest'), 30_000)
