@@ -50,6 +50,7 @@ try {
     run('cargo', ['test', '--workspace'], env)
     run('npx', ['tsc', '-p', '__test__/typings/tsconfig.json'])
     run('npx', ['ava'], env)
+    run('npx', ['ava', '--config', 'ava.heavy.config.mjs'], env)
     // The same small spec under the other runners; each must exit on its own.
     run('npx', ['jest', '--ci', '--detectOpenHandles', '__test__/runners/jest.test.cjs'], env, 120_000)
     run('npx', ['mocha', '__test__/runners/mocha.spec.cjs'], env, 120_000)

@@ -6,11 +6,10 @@ use napi::bindgen_prelude::{Either, FnArgs, Function, JsObjectValue, Object, Pro
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{Env, Status, Unknown, ValueType};
 use napi_derive::napi;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::Connection;
-use crate::lock_context::{AbortContext, LockContext};
+use crate::lock_context::{ContextSignal, LockContext};
 use crate::options;
 use crate::resource_ids::{self, describe, ResourceIds};
 use crate::resource_lock::{Failure, ResourceLock};
@@ -137,11 +136,11 @@ async fn hold(
     let service = connection.service().await?;
     let guard = service.acquire(&ids.key, &acquire).await?;
 
-    let (abort_tx, mut abort_rx) = oneshot::channel::<AbortContext>();
+    let signal = ContextSignal::new();
     let context = LockContext {
         key: ids.key.clone(),
         fencing_token: guard.fencing_token(),
-        abort: abort_tx,
+        signal: signal.clone(),
     };
     let outcome = async {
         match callback.call_async_catch(context).await? {
@@ -151,22 +150,15 @@ async fn hold(
     };
     tokio::pin!(outcome);
 
-    let mut abort: Option<AbortContext> = None;
     let mut caller_aborted = false;
     let ended = loop {
         tokio::select! {
             biased;
             result = &mut outcome => break Ok(result),
             why = guard.lost() => break Err(why),
-            received = &mut abort_rx, if abort.is_none() => {
-                abort = received.ok();
-                if caller_aborted {
-                    if let Some(abort) = &abort { abort.abort(LockError::Aborted) }
-                }
-            }
             _ = acquire.cancel.cancelled(), if !caller_aborted => {
                 caller_aborted = true;
-                if let Some(abort) = &abort { abort.abort(LockError::Aborted) }
+                signal.abort(LockError::Aborted);
             }
         }
     };
@@ -180,18 +172,7 @@ async fn hold(
             })),
         },
         Err(why) => {
-            let copy = copy_of(&why);
-            match abort {
-                Some(abort) => abort.abort(copy),
-                // The callback has not been handed its context yet: abort it once it is.
-                None => {
-                    tokio::spawn(async move {
-                        if let Ok(abort) = abort_rx.await {
-                            abort.abort(copy);
-                        }
-                    });
-                }
-            }
+            signal.abort_now(copy_of(&why)).await;
             // Only our own lock is removed; a later holder's stays.
             let _ = guard.release().await;
             Err(Failure::Lock(why))

@@ -2,34 +2,82 @@
 //!
 //! Built on the JavaScript thread when the callback is called. `signal` belongs to an
 //! `AbortController` whose `abort` is handed back to Rust as a weak threadsafe
-//! function, so the lock keeper can abort it from any thread without keeping Node alive.
+//! function, so the hold can abort it from any thread without keeping Node alive.
+//! A lock lost before the context was built gives an already aborted signal.
+
+use std::sync::{Arc, Mutex};
 
 use lock_core::{LockError, LockKey};
 use napi::bindgen_prelude::{BigInt, Function, JsObjectValue, Object, ToNapiValue};
 use napi::threadsafe_function::{
-    ThreadsafeFunction, ThreadsafeFunctionCallMode, UnknownReturnValue,
+    ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode, UnknownReturnValue,
 };
 use napi::{sys, Env, Status, Unknown};
-use tokio::sync::oneshot;
 
 use crate::errors;
 
-/// `controller.abort(reason)`, callable from any thread.
-pub struct AbortContext(
-    ThreadsafeFunction<LockError, UnknownReturnValue, napi::Error, Status, false, true>,
-);
+type AbortFn = ThreadsafeFunction<LockError, UnknownReturnValue, napi::Error, Status, false, true>;
 
-impl AbortContext {
-    /// Aborts the context's signal with the JavaScript form of `why` as its reason.
+enum State {
+    /// The callback has not been handed its context yet.
+    Pending,
+    Delivered(Arc<AbortFn>),
+    /// Lost before the context was built: build it aborted.
+    Lost(LockError),
+    /// Built already aborted; nothing more to do.
+    Aborted,
+}
+
+/// The hold's handle on the context's `AbortSignal`.
+#[derive(Clone)]
+pub struct ContextSignal(Arc<Mutex<State>>);
+
+impl ContextSignal {
+    pub fn new() -> Self {
+        ContextSignal(Arc::new(Mutex::new(State::Pending)))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Aborts the signal with the JavaScript form of `why` as its reason.
     pub fn abort(&self, why: LockError) {
-        self.0.call(why, ThreadsafeFunctionCallMode::NonBlocking);
+        let mut state = self.state();
+        match &*state {
+            State::Delivered(abort) => {
+                abort.call(why, ThreadsafeFunctionCallMode::NonBlocking);
+            }
+            State::Pending => *state = State::Lost(why),
+            State::Lost(_) | State::Aborted => {}
+        }
+    }
+
+    /// Aborts and waits until JavaScript has run the abort. Calls through different
+    /// threadsafe functions reach the JS thread in no guaranteed order, so without
+    /// this the `doWhileLocked` promise could settle before the signal is aborted.
+    pub async fn abort_now(&self, why: LockError) {
+        let delivered = {
+            let mut state = self.state();
+            match &*state {
+                State::Delivered(abort) => Some(abort.clone()),
+                State::Pending => {
+                    *state = State::Lost(why);
+                    return;
+                }
+                State::Lost(_) | State::Aborted => return,
+            }
+        };
+        if let Some(abort) = delivered {
+            let _ = abort.call_async(why).await;
+        }
     }
 }
 
 pub struct LockContext {
     pub key: LockKey,
     pub fencing_token: u64,
-    pub abort: oneshot::Sender<AbortContext>,
+    pub signal: ContextSignal,
 }
 
 impl ToNapiValue for LockContext {
@@ -42,17 +90,22 @@ impl ToNapiValue for LockContext {
         let signal: Unknown = controller.get_named_property("signal")?;
         let abort: Function<napi::Error, UnknownReturnValue> =
             controller.get_named_property("abort")?;
-        let abort = abort
-            .bind(controller)?
-            .build_threadsafe_function::<LockError>()
-            .weak::<true>()
-            .build_callback(
-                |ctx: napi::threadsafe_function::ThreadsafeCallContext<LockError>| {
-                    Ok(errors::to_napi(&ctx.env, ctx.value, &[]))
-                },
-            )?;
-        // The receiver is gone only if the hold already ended: nothing to abort then.
-        let _ = value.abort.send(AbortContext(abort));
+        let abort = abort.bind(controller)?;
+        {
+            let mut state = value.signal.state();
+            if let State::Lost(why) = std::mem::replace(&mut *state, State::Pending) {
+                abort.call(errors::to_napi(&env, why, &[]))?;
+                *state = State::Aborted;
+            } else {
+                let abort = abort
+                    .build_threadsafe_function::<LockError>()
+                    .weak::<true>()
+                    .build_callback(|ctx: ThreadsafeCallContext<LockError>| {
+                        Ok(errors::to_napi(&ctx.env, ctx.value, &[]))
+                    })?;
+                *state = State::Delivered(Arc::new(abort));
+            }
+        }
 
         let mut context = Object::new(&env)?;
         match value.key {

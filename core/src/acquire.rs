@@ -100,6 +100,13 @@ async fn acquire_in_database(
     let mut backoff = Backoff::new(options.retry_interval);
     let mut subscription = None;
     loop {
+        // The turn may have come because `close()` ended the hold before us.
+        if service.closed.is_cancelled() {
+            return Err(LockError::Closed);
+        }
+        if options.cancel.is_cancelled() {
+            return Err(LockError::Aborted);
+        }
         match store.insert(key, owner, lease).await {
             Ok(held) => return Ok(held),
             Err(LockError::DuplicateKey { .. }) => {}

@@ -200,3 +200,43 @@ async fn cancelling_a_wait_returns_aborted() {
     assert!(started.elapsed() < Duration::from_secs(5));
     client.database(&db).drop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_refuses_waiters_and_leaves_no_lock_behind() {
+    let (service, client, db) = service().await;
+    let key = LockKey::Str("closing".into());
+    let holder = service.acquire(&key, &options(5_000, 5_000)).await.unwrap();
+    let waiter = {
+        let (service, key) = (service.clone(), key.clone());
+        tokio::spawn(async move {
+            service
+                .acquire(&key, &options(10_000, 5_000))
+                .await
+                .map(|_| ())
+        })
+    };
+    let released = tokio::spawn(async move {
+        let why = holder.lost().await;
+        (why, holder.release().await)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    service.close().await;
+    let (why, _) = released.await.unwrap();
+    assert!(matches!(why, LockError::Closed));
+    assert!(matches!(waiter.await.unwrap(), Err(LockError::Closed)));
+    drop(client);
+    let client = Client::with_uri_str(std::env::var("MONGODB_URL").unwrap())
+        .await
+        .unwrap();
+    let left = client
+        .database(&db)
+        .collection::<Document>(document::LOCKS_COLLECTION)
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert_eq!(
+        left, 0,
+        "close() released the held lock and let no waiter in"
+    );
+    client.database(&db).drop().await.unwrap();
+}
