@@ -145,8 +145,10 @@ test('close() while holding aborts context.signal, releases the lock and rejects
     entered()
     await sleep(500)
   })
-  const waiting = lock.doWhileLocked(['closing'], () => {}, { waitTimeout: 10_000 })
   await inside
+  // Only now: started together, either call could take the lock first.
+  const waiting = lock.doWhileLocked(['closing'], () => {}, { waitTimeout: 10_000 })
+  await sleep(50)
   await lock.close()
   t.is((await t.throwsAsync(holding)).code, 'ERR_LOCK_CLOSED')
   t.is((await t.throwsAsync(waiting)).code, 'ERR_LOCK_CLOSED')
