@@ -155,3 +155,18 @@ test('close() while holding aborts context.signal, releases the lock and rejects
   t.true(signal.aborted)
   t.is(await db.collection('_locks').countDocuments(), 0, 'the held lock was released')
 })
+
+test('a signal passed to many calls does not keep a listener per call', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const controller = new AbortController()
+  const { signal } = controller
+  let listeners = 0
+  const add = signal.addEventListener.bind(signal)
+  const remove = signal.removeEventListener.bind(signal)
+  signal.addEventListener = (...args) => { listeners++; return add(...args) }
+  signal.removeEventListener = (...args) => { listeners--; return remove(...args) }
+  for (let i = 0; i < 20; i++) await lock.doWhileLocked(['many'], () => i, { signal })
+  await t.throwsAsync(lock.doWhileLocked(['many'], () => { throw new Error('x') }, { signal }))
+  t.is(listeners, 0)
+})

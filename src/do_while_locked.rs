@@ -2,7 +2,9 @@
 //! callback while holding it, release it; all timing in Rust on tokio.
 
 use lock_core::{AcquireOptions, HoldOptions, LockError};
-use napi::bindgen_prelude::{Either, FnArgs, Function, JsObjectValue, Object, Promise, PromiseRaw};
+use napi::bindgen_prelude::{
+    Either, FnArgs, Function, FunctionRef, JsObjectValue, Object, Promise, PromiseRaw,
+};
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{Env, Status, Unknown, ValueType};
 use napi_derive::napi;
@@ -55,12 +57,20 @@ impl ResourceLock {
         callback: Unknown<'env>,
         options: Option<Unknown<'env>>,
     ) -> napi::Result<PromiseRaw<'env, RetainedValue>> {
-        let prepared = prepare(env, resource_ids, callback, options);
+        let (prepared, stop_following) = match prepare(env, resource_ids, callback, options) {
+            Ok((prepared, stop)) => (Ok(prepared), stop),
+            Err(e) => (Err(e), None),
+        };
         let connection = self.connection.clone();
-        self.run(
+        self.run_then(
             env,
             async move { hold(connection, prepared?).await },
             |_, value| Ok(value),
+            move |env| {
+                if let Some(remove) = stop_following.and_then(|f| f.borrow_back(env).ok()) {
+                    let _ = remove.call(());
+                }
+            },
         )
     }
 }
@@ -70,7 +80,7 @@ fn prepare(
     resource_ids: Unknown<'_>,
     callback: Unknown<'_>,
     options: Option<Unknown<'_>>,
-) -> Result<Prepared, LockError> {
+) -> Result<(Prepared, Option<StopFollowing>), LockError> {
     let ids = resource_ids::parse(resource_ids)?;
     if callback.get_type().ok() != Some(ValueType::Function) {
         return Err(LockError::type_error(format!(
@@ -80,10 +90,11 @@ fn prepare(
     }
     let hold = options::hold_options(options)?;
     let cancel = CancellationToken::new();
-    if let Some(signal) = &hold.signal {
-        follow_signal(env, signal, &cancel)
-            .map_err(|_| LockError::type_error("options.signal must be an AbortSignal"))?;
-    }
+    let stop_following = match &hold.signal {
+        Some(signal) => follow_signal(env, signal, &cancel)
+            .map_err(|_| LockError::type_error("options.signal must be an AbortSignal"))?,
+        None => None,
+    };
     let function: Function<LockContext, Either<Promise<RetainedValue>, RetainedValue>> =
         unsafe { callback.cast() }
             .map_err(|_| LockError::type_error("callback must be a function"))?;
@@ -91,7 +102,7 @@ fn prepare(
         .build_threadsafe_function::<LockContext>()
         .build()
         .map_err(|_| LockError::type_error("callback must be a function"))?;
-    Ok(Prepared {
+    let prepared = Prepared {
         ids,
         callback,
         acquire: AcquireOptions {
@@ -103,14 +114,24 @@ fn prepare(
             },
             cancel,
         },
-    })
+    };
+    Ok((prepared, stop_following))
 }
 
+/// `signal.removeEventListener('abort', listener)`, bound, to call when the call
+/// settles, so that a long-lived signal passed to many calls does not collect one
+/// listener per call. A `FunctionRef` may be dropped on any thread.
+type StopFollowing = FunctionRef<(), Unknown<'static>>;
+
 /// Cancels `cancel` when the caller's `AbortSignal` aborts (or already has).
-fn follow_signal(env: &Env, signal: &Object<'_>, cancel: &CancellationToken) -> napi::Result<()> {
+fn follow_signal(
+    env: &Env,
+    signal: &Object<'_>,
+    cancel: &CancellationToken,
+) -> napi::Result<Option<StopFollowing>> {
     if signal.get_named_property::<bool>("aborted")? {
         cancel.cancel();
-        return Ok(());
+        return Ok(None);
     }
     let token = cancel.clone();
     let listener = env.create_function_from_closure::<(), (), _>("onAbort", move |_| {
@@ -121,7 +142,16 @@ fn follow_signal(env: &Env, signal: &Object<'_>, cancel: &CancellationToken) -> 
     once.set_named_property("once", true)?;
     let add: AddEventListener = signal.get_named_property("addEventListener")?;
     add.apply(signal, FnArgs::from(("abort", listener, once)))?;
-    Ok(())
+    // A function, read as the object it also is, to reach its `bind`.
+    let remove: Object = unsafe {
+        signal
+            .get_named_property::<Unknown>("removeEventListener")?
+            .cast()?
+    };
+    let bind: Function<FnArgs<(Object, &str, Function<(), ()>)>, Function<(), Unknown>> =
+        remove.get_named_property("bind")?;
+    let bound = bind.apply(remove, FnArgs::from((*signal, "abort", listener)))?;
+    Ok(Some(bound.create_ref()?))
 }
 
 async fn hold(

@@ -113,8 +113,28 @@ impl ResourceLock {
         F: Future<Output = Result<T, Failure>> + Send + 'static,
         C: FnOnce(&'env Env, T) -> napi::Result<V> + 'static,
     {
+        self.run_then(env, work, convert, |_| {})
+    }
+
+    /// `run`, with `settled` called on the JS thread just before the promise settles,
+    /// whatever the outcome.
+    pub(crate) fn run_then<'env, T, V, F, C, S>(
+        &self,
+        env: &'env Env,
+        work: F,
+        convert: C,
+        settled: S,
+    ) -> napi::Result<PromiseRaw<'env, V>>
+    where
+        T: Send + 'static,
+        V: ToNapiValue,
+        F: Future<Output = Result<T, Failure>> + Send + 'static,
+        C: FnOnce(&'env Env, T) -> napi::Result<V> + 'static,
+        S: FnOnce(&'env Env) + 'static,
+    {
         let connection = self.connection.clone();
         env.spawn_future_with_callback(async move { Ok(work.await) }, move |env, outcome| {
+            settled(env);
             match outcome {
                 Ok(value) => convert(env, value),
                 Err(Failure::Lock(error)) => Err(errors::to_napi(env, error, &connection.secrets)),
