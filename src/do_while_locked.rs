@@ -123,6 +123,13 @@ fn prepare(
 /// listener per call. A `FunctionRef` may be dropped on any thread.
 type StopFollowing = FunctionRef<(), Unknown<'static>>;
 
+/// `Function.prototype.bind` of `removeEventListener`, given `(signal, 'abort', listener)`.
+type BindListener<'env> = Function<
+    'env,
+    FnArgs<(Object<'env>, &'static str, Function<'env, (), ()>)>,
+    Function<'env, (), Unknown<'env>>,
+>;
+
 /// Cancels `cancel` when the caller's `AbortSignal` aborts (or already has).
 fn follow_signal(
     env: &Env,
@@ -148,8 +155,7 @@ fn follow_signal(
             .get_named_property::<Unknown>("removeEventListener")?
             .cast()?
     };
-    let bind: Function<FnArgs<(Object, &str, Function<(), ()>)>, Function<(), Unknown>> =
-        remove.get_named_property("bind")?;
+    let bind: BindListener = remove.get_named_property("bind")?;
     let bound = bind.apply(remove, FnArgs::from((*signal, "abort", listener)))?;
     Ok(Some(bound.create_ref()?))
 }
