@@ -2,7 +2,7 @@
 // alias or a file: dependency would), runs the original's examples unchanged from
 // CommonJS and ESM and type-checks with tsc --strict, no skipLibCheck.
 import { execFileSync } from 'node:child_process'
-import { copyFileSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -33,6 +33,9 @@ test('packed, installed as @discue/mongodb-resource-client: examples and typings
     devDependencies: { '@types/node': '^20.0.0' }
   }))
   for (const file of readdirSync(fixtures)) copyFileSync(path.join(fixtures, file), path.join(app, file))
+  // The typings test's file, importing from the original's name instead of this folder.
+  const usage = readFileSync(path.join(root, '__test__', 'typings', 'usage.ts'), 'utf8')
+  writeFileSync(path.join(app, 'usage.ts'), usage.replace("'../../index.js'", "'@discue/mongodb-resource-client'"))
   execFileSync('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline'], { cwd: app, stdio: 'pipe' })
 
   const env = { ...process.env, MONGODB_URL: url }

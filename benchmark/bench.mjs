@@ -9,6 +9,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { ResourceLock as OriginalLock } from '@discue/mongodb-resource-client'
 import { MongoClient } from 'mongodb'
+import { contendOnOneKey } from './one-key.mjs'
 
 const require = createRequire(import.meta.url)
 const { ResourceLock: AddonLock } = require('../index.js')
@@ -87,23 +88,7 @@ const workloads = {
   },
   async oneKey16Callers (impl) {
     return withLock(impl, async (lock) => {
-      const turns = new Array(16).fill(0)
-      const waits = []
-      const until = Date.now() + 3_000
-      await Promise.all(turns.map(async (_, caller) => {
-        while (Date.now() < until) {
-          const asked = Date.now()
-          try {
-            await lock.doWhileLocked(['hot'], async () => {
-              waits.push(Date.now() - asked)
-              turns[caller]++
-              await sleep(1)
-            }, { waitTimeout: 10_000 })
-          } catch {
-            waits.push(Date.now() - asked)
-          }
-        }
-      }))
+      const { turns, waits } = await contendOnOneKey(lock, 16, Date.now() + 3_000)
       const total = turns.reduce((a, b) => a + b, 0)
       return { handovers_per_s: total / 3, p99_wait_ms: percentile(waits, 99), fewest_turns: Math.min(...turns), mean_turns: total / 16 }
     })

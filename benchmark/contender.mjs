@@ -5,6 +5,7 @@
 import { createRequire } from 'node:module'
 import { ResourceLock as OriginalLock } from '@discue/mongodb-resource-client'
 import { MongoClient } from 'mongodb'
+import { contendOnOneKey } from './one-key.mjs'
 
 const require = createRequire(import.meta.url)
 const [impl, databaseName, callers] = process.argv.slice(2)
@@ -12,26 +13,9 @@ const url = process.env.MONGODB_URL
 const lock = impl === 'original'
   ? new OriginalLock({ client: new MongoClient(url), databaseName })
   : new (require('../index.js').ResourceLock)({ client: new MongoClient(url), databaseName })
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 await lock.doWhileLocked([`warm-${process.pid}`], () => {})
 process.stdout.write('ready\n')
 const until = Number(String(await new Promise((resolve) => process.stdin.once('data', resolve))))
-const turns = new Array(Number(callers)).fill(0)
-const waits = []
-await Promise.all(turns.map(async (_, caller) => {
-  while (Date.now() < until) {
-    const asked = Date.now()
-    try {
-      await lock.doWhileLocked(['hot'], async () => {
-        waits.push(Date.now() - asked)
-        turns[caller]++
-        await sleep(1)
-      }, { waitTimeout: 10_000 })
-    } catch {
-      waits.push(Date.now() - asked)
-    }
-  }
-}))
-process.stdout.write(JSON.stringify({ turns, waits }) + '\n')
+process.stdout.write(JSON.stringify(await contendOnOneKey(lock, Number(callers), until)) + '\n')
 await lock.close()
 process.exit(0)

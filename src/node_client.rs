@@ -6,7 +6,7 @@
 //! cannot honour are refused with a clear error, or, where they change no result
 //! (compression), reported once with `process.emitWarning`.
 
-use napi::bindgen_prelude::{Array, Function, JsObjectValue, Object, Promise};
+use napi::bindgen_prelude::{Array, FromNapiValue, Function, JsObjectValue, Object, Promise};
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{Env, Unknown, ValueType};
 
@@ -226,24 +226,34 @@ fn get<'e>(object: &Object<'e>, name: &str) -> Option<Unknown<'e>> {
     }
 }
 
-fn object<'e>(parent: &Object<'e>, name: &str) -> Option<Object<'e>> {
+/// The property `name` if it has the JavaScript type `expected`; anything else is
+/// treated as absent, as the driver itself would not have set it.
+fn typed<'e, T: FromNapiValue + 'e>(
+    parent: &Object<'e>,
+    name: &str,
+    expected: ValueType,
+) -> Option<T> {
     let value = get(parent, name)?;
-    (value.get_type().ok()? == ValueType::Object).then(|| unsafe { value.cast::<Object>() }.ok())?
+    if value.get_type().ok()? != expected {
+        return None;
+    }
+    unsafe { value.cast::<T>() }.ok()
+}
+
+fn object<'e>(parent: &Object<'e>, name: &str) -> Option<Object<'e>> {
+    typed(parent, name, ValueType::Object)
 }
 
 fn string(parent: &Object<'_>, name: &str) -> Option<String> {
-    let value = get(parent, name)?;
-    (value.get_type().ok()? == ValueType::String).then(|| unsafe { value.cast::<String>() }.ok())?
+    typed(parent, name, ValueType::String)
 }
 
 fn number(parent: &Object<'_>, name: &str) -> Option<f64> {
-    let value = get(parent, name)?;
-    (value.get_type().ok()? == ValueType::Number).then(|| unsafe { value.cast::<f64>() }.ok())?
+    typed(parent, name, ValueType::Number)
 }
 
 fn boolean(parent: &Object<'_>, name: &str) -> Option<bool> {
-    let value = get(parent, name)?;
-    (value.get_type().ok()? == ValueType::Boolean).then(|| unsafe { value.cast::<bool>() }.ok())?
+    typed(parent, name, ValueType::Boolean)
 }
 
 fn strings(value: Unknown<'_>) -> Vec<String> {
