@@ -43,3 +43,18 @@ test('a password never appears in an error message', async (t) => {
   t.false(error.message.includes(password), error.message)
   t.false(error.message.includes(encoded), error.message)
 })
+
+test('lock writes use the writeConcern option, or the client\'s write concern', async (t) => {
+  const { name } = await freshDatabase(t)
+  // w: 2 cannot be satisfied by the one-node test replica set: the write concern is
+  // applied exactly when the lock write fails for it.
+  const byOption = new ResourceLock({ url, databaseName: name, writeConcern: { w: 2, wtimeoutMS: 500 } })
+  const fromClient = new ResourceLock({ client: new MongoClient(url, { writeConcern: { w: 2, wtimeoutMS: 500 } }), databaseName: name })
+  const majority = new ResourceLock({ url, databaseName: name, writeConcern: { w: 'majority' } })
+  t.teardown(() => Promise.all([byOption.close(), fromClient.close(), majority.close()]))
+  for (const lock of [byOption, fromClient]) {
+    const error = await t.throwsAsync(lock.lock([`wc-${Math.random()}`]))
+    t.is(error.code, 100, error.message)
+  }
+  t.is(await majority.lock(['wc-majority']), 'wc-majority')
+})
