@@ -203,9 +203,7 @@ async fn hold(
             true => result.map_err(Failure::Js),
             // Someone removed the lock while we held it: the original's release
             // failed the same way.
-            false => Err(Failure::Lock(LockError::NotDeleted {
-                ids: lock_core::ids_to_string(&ids.ids),
-            })),
+            false => Err(Failure::Lock(LockError::not_deleted(&ids.ids))),
         },
         Err(why) => {
             signal.abort_now(copy_of(&why)).await;

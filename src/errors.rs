@@ -101,12 +101,16 @@ fn build<'env>(
         response.set_named_property("errmsg", errmsg.as_str())?;
         response.set_named_property("code", lock_core::DUPLICATE_KEY)?;
         response.set_named_property("codeName", "DuplicateKey")?;
-        response.set_named_property("keyPattern", document_to_js(env, key_pattern)?)?;
-        response.set_named_property("keyValue", document_to_js(env, key_value)?)?;
+        // As on the driver's MongoServerError, the error's own fields are the
+        // response's objects, not copies.
+        let key_pattern = document_to_js(env, key_pattern)?;
+        let key_value = document_to_js(env, key_value)?;
+        response.set_named_property("keyPattern", key_pattern)?;
+        response.set_named_property("keyValue", key_value)?;
         object.set_named_property("errorResponse", response)?;
         object.set_named_property("codeName", "DuplicateKey")?;
-        object.set_named_property("keyPattern", document_to_js(env, key_pattern)?)?;
-        object.set_named_property("keyValue", document_to_js(env, key_value)?)?;
+        object.set_named_property("keyPattern", key_pattern)?;
+        object.set_named_property("keyValue", key_value)?;
     }
     Ok(object.to_unknown())
 }

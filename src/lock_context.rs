@@ -41,15 +41,24 @@ impl ContextSignal {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Aborts the signal with the JavaScript form of `why` as its reason.
-    pub fn abort(&self, why: LockError) {
+    /// The signal's `abort`, if the context has been built; otherwise `why` is kept so
+    /// that the context is built already aborted.
+    fn abort_fn(&self, why: LockError) -> Option<(Arc<AbortFn>, LockError)> {
         let mut state = self.state();
         match &*state {
-            State::Delivered(abort) => {
-                abort.call(why, ThreadsafeFunctionCallMode::NonBlocking);
+            State::Delivered(abort) => Some((abort.clone(), why)),
+            State::Pending => {
+                *state = State::Lost(why);
+                None
             }
-            State::Pending => *state = State::Lost(why),
-            State::Lost(_) | State::Aborted => {}
+            State::Lost(_) | State::Aborted => None,
+        }
+    }
+
+    /// Aborts the signal with the JavaScript form of `why` as its reason.
+    pub fn abort(&self, why: LockError) {
+        if let Some((abort, why)) = self.abort_fn(why) {
+            abort.call(why, ThreadsafeFunctionCallMode::NonBlocking);
         }
     }
 
@@ -57,18 +66,7 @@ impl ContextSignal {
     /// threadsafe functions reach the JS thread in no guaranteed order, so without
     /// this the `doWhileLocked` promise could settle before the signal is aborted.
     pub async fn abort_now(&self, why: LockError) {
-        let delivered = {
-            let mut state = self.state();
-            match &*state {
-                State::Delivered(abort) => Some(abort.clone()),
-                State::Pending => {
-                    *state = State::Lost(why);
-                    return;
-                }
-                State::Lost(_) | State::Aborted => return,
-            }
-        };
-        if let Some(abort) = delivered {
+        if let Some((abort, why)) = self.abort_fn(why) {
             let _ = abort.call_async(why).await;
         }
     }

@@ -4,7 +4,7 @@
 use mongodb::bson::{doc, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
 
-use crate::key::LockKey;
+use crate::key::{ids_to_string, LockKey, ResourceId};
 
 /// MongoDB's duplicate key error code.
 pub const DUPLICATE_KEY: i32 = 11000;
@@ -62,6 +62,13 @@ impl LockError {
         LockError::InvalidArgument {
             range: false,
             message: message.into(),
+        }
+    }
+
+    /// `Was not able to delete <ids>.`, the ids printed as JavaScript's `String()` does.
+    pub fn not_deleted(ids: &[ResourceId]) -> Self {
+        LockError::NotDeleted {
+            ids: ids_to_string(ids),
         }
     }
 

@@ -27,7 +27,6 @@ pub use acquire::AcquireOptions;
 pub use error::{LockError, Result, DUPLICATE_KEY};
 pub use key::{ids_to_string, js_number_to_string, LockKey, ResourceId};
 pub use lease::{HoldOptions, LockGuard};
-pub use store::CLOCK_MARGIN;
 
 use local_queue::LocalQueues;
 use release_feed::ReleaseFeed;
@@ -80,9 +79,7 @@ impl LockService {
         if self.store.delete_any(key).await? {
             Ok(())
         } else {
-            Err(LockError::NotDeleted {
-                ids: ids_to_string(ids),
-            })
+            Err(LockError::not_deleted(ids))
         }
     }
 
@@ -111,10 +108,6 @@ impl LockService {
 
     pub(crate) fn hold_ended(&self) {
         self.holds.send_modify(|n| *n = n.saturating_sub(1));
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
     }
 
     fn open(&self) -> Result<()> {

@@ -273,8 +273,8 @@ impl LockStore {
     }
 
     /// How long a process that just released a contended lock lets others try first:
-    /// about one write round trip, the time they need to insert after the release
-    /// reaches them through the change stream.
+    /// about two write round trips (plus 1 ms, at most 50 ms), enough for them to hear
+    /// of the release through the change stream and insert.
     pub fn yield_window(&self) -> Duration {
         let rtt = Duration::from_micros(self.write_rtt_micros.load(Ordering::Relaxed));
         (rtt * 2 + Duration::from_millis(1)).min(Duration::from_millis(50))
