@@ -1,7 +1,7 @@
 // The original's API and behaviour (../shared/UPSTREAM.md), point by point.
 import test from 'ava'
 import { MongoClient } from 'mongodb'
-import { ResourceLock, addonLock, freshDatabase, sleep, url } from './helpers.mjs'
+import { ResourceLock, addonLock, deferred, freshDatabase, sleep, url } from './helpers.mjs'
 
 test('lock resolves to the key: one id keeps its type, several are joined with #', async (t) => {
   const { name } = await freshDatabase(t)
@@ -94,11 +94,10 @@ test('a second caller runs after the first releases (original timing: 500-700 ms
   const lock = addonLock(t, name)
   let start
   let secondRanAt
-  let firstStarted
-  const started = new Promise((resolve) => { firstStarted = resolve })
+  const started = deferred()
   await Promise.all([
-    lock.doWhileLocked(['timed'], () => { start = Date.now(); firstStarted(); return sleep(500) }),
-    started.then(() => sleep(50)).then(() => lock.doWhileLocked(['timed'], () => { secondRanAt = Date.now() - start }))
+    lock.doWhileLocked(['timed'], () => { start = Date.now(); started.resolve(); return sleep(500) }),
+    started.promise.then(() => sleep(50)).then(() => lock.doWhileLocked(['timed'], () => { secondRanAt = Date.now() - start }))
   ])
   t.true(secondRanAt >= 500 && secondRanAt <= 700, `second ran at ${secondRanAt} ms`)
 })

@@ -1,7 +1,7 @@
 // The original's flaws that need no API change are fixed (UPSTREAM.md, **flaw**).
 import test from 'ava'
 import { MongoClient } from 'mongodb'
-import { ResourceLock, addonLock, freshDatabase, sleep, url } from './helpers.mjs'
+import { ResourceLock, addonLock, deferred, freshDatabase, sleep, url } from './helpers.mjs'
 
 test('the unique index exists before the first lock: concurrent first locks, one winner', async (t) => {
   for (let round = 0; round < 3; round++) {
@@ -17,14 +17,13 @@ test('the unique index exists before the first lock: concurrent first locks, one
 test('a callback that outlived lockTimeout does not release the next holder\'s lock', async (t) => {
   const { name, db } = await freshDatabase(t)
   const lock = addonLock(t, name)
-  let finishSlow
-  const slowDone = new Promise((resolve) => { finishSlow = resolve })
-  const slow = lock.doWhileLocked(['k'], () => slowDone, { lockTimeout: 200 })
+  const slowDone = deferred()
+  const slow = lock.doWhileLocked(['k'], () => slowDone.promise, { lockTimeout: 200 })
   await t.throwsAsync(slow, { message: 'Lock interrupted by timeout' })
   let releaseSecond
   const second = lock.doWhileLocked(['k'], () => new Promise((resolve) => { releaseSecond = resolve }))
   await sleep(100)
-  finishSlow('late') // the first callback ends now, while the second holds the key
+  slowDone.resolve('late') // the first callback ends now, while the second holds the key
   await sleep(100)
   t.is(await db.collection('_locks').countDocuments({ id: 'k' }), 1, 'the second holder still holds')
   await t.throwsAsync(lock.lock(['k']), { code: 11000 })

@@ -29,6 +29,13 @@ export function addonLock (t, databaseName, options = {}) {
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
+/** A promise and its `resolve` (Promise.withResolvers needs Node 22). */
+export function deferred () {
+  let resolve
+  const promise = new Promise((r) => { resolve = r })
+  return { promise, resolve }
+}
+
 /** Waits until `predicate` holds (polling), or fails after `ms`. */
 export async function eventually (predicate, ms = 5_000) {
   const deadline = Date.now() + ms

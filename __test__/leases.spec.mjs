@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import test from 'ava'
-import { addonLock, freshDatabase, sleep, url } from './helpers.mjs'
+import { addonLock, deferred, freshDatabase, sleep, url } from './helpers.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 
@@ -40,14 +40,13 @@ test('a short lease is renewed while the callback runs', async (t) => {
   const lock = addonLock(t, name)
   const rival = addonLock(t, name)
   let rivalGotIt = false
-  let entered
-  const inside = new Promise((resolve) => { entered = resolve })
+  const inside = deferred()
   const holding = lock.doWhileLocked(['renewed'], async (context) => {
-    entered()
+    inside.resolve()
     await sleep(2_500)
     return context.signal.aborted
   }, { lease: 600, lockTimeout: Infinity })
-  await inside
+  await inside.promise
   await rival.doWhileLocked(['renewed'], () => { rivalGotIt = true }, { waitTimeout: 1_500 }).catch(() => {})
   t.false(await holding, 'the holder was never told it lost the lock')
   t.false(rivalGotIt, 'nobody took over a renewed lease')
@@ -118,14 +117,13 @@ test('a renewal that finds the lock gone aborts context.signal and rejects', asy
   const lock = addonLock(t, name)
   const intruder = addonLock(t, name)
   let signal
-  let entered
-  const inside = new Promise((resolve) => { entered = resolve })
+  const inside = deferred()
   const holding = lock.doWhileLocked(['stolen'], async (context) => {
     signal = context.signal
-    entered()
+    inside.resolve()
     await sleep(1_000)
   }, { lease: 300, lockTimeout: Infinity })
-  await inside
+  await inside.promise
   await intruder.unlock(['stolen']) // anyone may unlock, as in the original
   const error = await t.throwsAsync(holding)
   t.is(error.code, 'ERR_LOCK_LOST')
@@ -138,14 +136,13 @@ test('close() while holding aborts context.signal, releases the lock and rejects
   const { name, db } = await freshDatabase(t)
   const lock = addonLock(t, name)
   let signal
-  let entered
-  const inside = new Promise((resolve) => { entered = resolve })
+  const inside = deferred()
   const holding = lock.doWhileLocked(['closing'], async (context) => {
     signal = context.signal
-    entered()
+    inside.resolve()
     await sleep(500)
   })
-  await inside
+  await inside.promise
   // Only now: started together, either call could take the lock first.
   const waiting = lock.doWhileLocked(['closing'], () => {}, { waitTimeout: 10_000 })
   await sleep(50)

@@ -5,7 +5,7 @@
 import test from 'ava'
 import { MongoClient } from 'mongodb'
 import { startServer } from '../scripts/test-server.mjs'
-import { ResourceLock, addonLock, freshDatabase, sleep } from './helpers.mjs'
+import { ResourceLock, addonLock, deferred, freshDatabase, sleep } from './helpers.mjs'
 
 test('local waiters get the lock in the order they asked for it', async (t) => {
   const { name } = await freshDatabase(t)
@@ -29,10 +29,9 @@ test('a waiter in another process is woken by the release, not by a poll', async
   const holder = addonLock(t, name)
   const waiter = addonLock(t, name)
   await waiter.doWhileLocked(['warm'], () => {})
-  let entered
-  const inside = new Promise((resolve) => { entered = resolve })
-  const holding = holder.doWhileLocked(['woken'], async () => { entered(); await sleep(300) }, { lockTimeout: 10_000 })
-  await inside
+  const inside = deferred()
+  const holding = holder.doWhileLocked(['woken'], async () => { inside.resolve(); await sleep(300) }, { lockTimeout: 10_000 })
+  await inside.promise
   let releasedAt
   holding.then(() => { releasedAt = Date.now() })
   // retryInterval and the lease are long: only the change stream can wake it early.
@@ -53,10 +52,9 @@ test('without change streams (standalone server) waiters poll with backoff cappe
   const waiter = new ResourceLock({ url: server.url, databaseName: 'standalone' })
   t.teardown(() => Promise.all([holder.close(), waiter.close()]))
   await waiter.doWhileLocked(['warm'], () => {})
-  let entered
-  const inside = new Promise((resolve) => { entered = resolve })
-  const holding = holder.doWhileLocked(['polled'], async (context) => { entered(); await sleep(400); return context.fencingToken })
-  await inside
+  const inside = deferred()
+  const holding = holder.doWhileLocked(['polled'], async (context) => { inside.resolve(); await sleep(400); return context.fencingToken })
+  await inside.promise
   const started = Date.now()
   const second = await waiter.doWhileLocked(['polled'], (context) => context.fencingToken, { retryInterval: 60, waitTimeout: 5_000 })
   const first = await holding
