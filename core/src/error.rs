@@ -1,15 +1,15 @@
-//! The one error type of the core. The binding maps each variant, in one place, to the
-//! JavaScript error that callers of the original class already catch.
+//! The one error type of the core, a leaf that depends on nothing else in the crate.
+//! The binding maps each variant, in one place, to the JavaScript error that callers
+//! of the original class already catch. `Clone`, so that one failure can be both the
+//! reason a hold's signal aborted and the rejection of the call.
 
-use mongodb::bson::{doc, Document};
+use mongodb::bson::Document;
 use mongodb::error::{ErrorKind, WriteFailure};
-
-use crate::key::{ids_to_string, LockKey, ResourceId};
 
 /// MongoDB's duplicate key error code.
 pub const DUPLICATE_KEY: i32 = 11000;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LockError {
     /// A bad argument: a `RangeError` when `range` is set, else a `TypeError`.
     #[error("{message}")]
@@ -65,10 +65,14 @@ impl LockError {
         }
     }
 
-    /// `Was not able to delete <ids>.`, the ids printed as JavaScript's `String()` does.
-    pub fn not_deleted(ids: &[ResourceId]) -> Self {
-        LockError::NotDeleted {
-            ids: ids_to_string(ids),
+    /// `Was not able to delete <ids>.`, `ids` printed as JavaScript's `String()` does.
+    pub fn not_deleted(ids: impl Into<String>) -> Self {
+        LockError::NotDeleted { ids: ids.into() }
+    }
+
+    pub fn lost(reason: impl Into<String>) -> Self {
+        LockError::LockLost {
+            reason: reason.into(),
         }
     }
 
@@ -91,22 +95,6 @@ impl LockError {
             },
             _ => None,
         }
-    }
-
-    /// Converts a failed insert into `DuplicateKey` when the server said E11000.
-    /// The Rust driver keeps the server's message but not its `keyPattern` and
-    /// `keyValue`; both follow from the only unique index on `_locks`, `{ id: 1 }`.
-    pub(crate) fn from_insert(error: mongodb::error::Error, key: &LockKey) -> Self {
-        if let ErrorKind::Write(WriteFailure::WriteError(w)) = &*error.kind {
-            if w.code == DUPLICATE_KEY {
-                return LockError::DuplicateKey {
-                    message: w.message.clone(),
-                    key_pattern: Box::new(doc! { "id": 1 }),
-                    key_value: Box::new(doc! { "id": key.to_bson() }),
-                };
-            }
-        }
-        LockError::Mongo(error)
     }
 }
 

@@ -48,11 +48,12 @@ impl LockKey {
         }
     }
 
-    /// The key as JavaScript's `String()` prints it, for messages and logs.
-    pub fn display(&self) -> String {
+    /// A name that is the same exactly for keys MongoDB's unique index treats as one:
+    /// 123 and 123.0 are one key, 0 and -0 too, '123' another.
+    pub(crate) fn identity(&self) -> String {
         match self {
-            LockKey::Str(s) => s.clone(),
-            LockKey::Num(n) => js_number_to_string(*n),
+            LockKey::Str(s) => format!("s:{s}"),
+            LockKey::Num(n) => format!("n:{}", n + 0.0),
         }
     }
 }
@@ -153,6 +154,19 @@ mod tests {
             LockKey::from_ids(&[]),
             Err(LockError::InvalidArgument { range: true, .. })
         ));
+    }
+
+    #[test]
+    fn keys_equal_in_the_unique_index_have_one_identity() {
+        let num = |n: f64| LockKey::Num(n).identity();
+        assert_eq!(num(0.0), num(-0.0));
+        assert_eq!(
+            num(123.0),
+            LockKey::from_ids(&[ResourceId::Num(123.0)])
+                .unwrap()
+                .identity()
+        );
+        assert_ne!(num(123.0), LockKey::Str("123".into()).identity());
     }
 
     #[test]
