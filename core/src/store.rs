@@ -2,22 +2,25 @@
 //! about locks, so the queries that make the guarantees hold are all in this file.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{IndexOptions, ReturnDocument, WriteConcern};
 use mongodb::{ClientSession, Collection, Database, IndexModel};
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 use crate::document::{
     self, CONTENDED, FENCES_COLLECTION, ID, LEASE_EXPIRES_AT, LOCKS_COLLECTION, OWNER,
 };
-use crate::error::{LockError, Result};
+use crate::error::{LockError, Result, DUPLICATE_KEY};
 use crate::key::LockKey;
-use crate::server_clock::ServerClock;
+use crate::server_clock::{ServerClock, ServerTime};
 
-/// See `lease_expiry`.
-pub const CLOCK_MARGIN: Duration = Duration::from_millis(50);
+/// The one document of `_lock_fences`: a counter shared by all keys, so tokens
+/// increase globally and nothing accumulates per key.
+const FENCE_ID: &str = "fence";
 
 /// A lock this process now holds in the database.
 #[derive(Debug, Clone)]
@@ -109,30 +112,33 @@ impl LockStore {
         Ok(())
     }
 
-    /// The server's time plus `lease` plus `CLOCK_MARGIN`.
+    /// The latest the server's clock can read now, plus `lease`.
     ///
-    /// The holder counts its lease from the moment it sent the write, on its own
-    /// monotonic clock; the margin covers the error of our estimate of the server's
-    /// clock and that of whoever judges the lease later, so a takeover can only
-    /// happen after the holder itself has stopped trusting its lease.
+    /// The holder counts its lease from a moment before this reading, on its own
+    /// monotonic clock, and a taker needs the *earliest* its estimate allows to be
+    /// past this value (`take_over`); so the errors of both estimates are covered
+    /// and a takeover can only happen after the holder stopped trusting its lease
+    /// (`lease.rs` also allows for the rate difference of the clocks).
     pub async fn lease_expiry(&self, lease: Option<Duration>) -> Result<Option<DateTime>> {
         match lease {
             None => Ok(None),
             Some(lease) => {
-                let now = self.clock.now(&self.db).await?;
+                let latest = self.server_now().await?.latest;
                 Ok(Some(DateTime::from_millis(
-                    now.timestamp_millis() + (lease + CLOCK_MARGIN).as_millis() as i64,
+                    latest + lease.as_millis() as i64,
                 )))
             }
         }
     }
 
-    pub async fn server_now(&self) -> Result<DateTime> {
+    pub async fn server_now(&self) -> Result<ServerTime> {
         self.clock.now(&self.db).await
     }
 
     /// Inserts a new lock document: one round trip. Fails with `DuplicateKey` when the
-    /// key is held.
+    /// key is held. Any other failure may still have written the document (a lost
+    /// reply, a write concern error), so it is deleted again before the error is
+    /// returned: a failed `lock()` never leaves a lock behind.
     pub async fn insert(
         &self,
         key: &LockKey,
@@ -150,13 +156,25 @@ impl LockStore {
             .session(&mut session)
             .await;
         self.observe_write(started.elapsed());
-        inserted.map_err(|e| LockError::from_insert(e, key))?;
-        let fencing_token = self.fencing_token(key, &session).await?;
-        Ok(Held {
-            owner: owner.to_owned(),
-            sent_at,
-            fencing_token,
-        })
+        let token = match inserted {
+            Err(e) => Err(duplicate_key_or(e, key)),
+            Ok(_) => self.fencing_token(key, owner, &session).await,
+        };
+        match token {
+            Ok(Some(fencing_token)) => Ok(Held {
+                owner: owner.to_owned(),
+                sent_at,
+                fencing_token,
+            }),
+            Ok(None) => Err(LockError::lost(
+                "the lock was taken over before its fencing token was drawn",
+            )),
+            Err(e @ LockError::DuplicateKey { .. }) => Err(e),
+            Err(e) => {
+                let _ = self.delete_owned(key, owner).await;
+                Err(e)
+            }
+        }
     }
 
     /// The lock document in the way, if any, marked as contended so that its holder's
@@ -189,7 +207,7 @@ impl LockStore {
         let Some(expired_at) = blocker.lease_expires_at else {
             return Ok(None);
         };
-        if self.server_now().await? <= expired_at {
+        if self.server_now().await?.earliest() <= expired_at {
             return Ok(None);
         }
         let sent_at = Instant::now();
@@ -199,18 +217,18 @@ impl LockStore {
             .locks
             .find_one_and_update(
                 doc! { "_id": blocker.doc_id.clone(), ID: key.to_bson(), LEASE_EXPIRES_AT: expired_at },
-                doc! { "$set": document::new_owner(owner, expiry) },
+                doc! {
+                    "$set": document::new_owner(owner, expiry),
+                    // The marks were meant for the previous holder's process.
+                    "$unset": { CONTENDED: "" },
+                },
             )
             .projection(doc! { "_id": 1 })
             .session(&mut session)
             .await?;
         match taken {
             None => Ok(None),
-            Some(_) => Ok(Some(Held {
-                owner: owner.to_owned(),
-                sent_at,
-                fencing_token: self.fencing_token(key, &session).await?,
-            })),
+            Some(_) => self.held(key, owner, sent_at, &session).await,
         }
     }
 
@@ -237,11 +255,30 @@ impl LockStore {
             .await?;
         match moved {
             None => Ok(None),
-            Some(_) => Ok(Some(Held {
-                owner: to.to_owned(),
+            Some(_) => self.held(key, to, sent_at, &session).await,
+        }
+    }
+
+    /// The lock `owner` just took with the write made in `session`; `None` when it was
+    /// lost before its fencing token could be drawn. If drawing the token fails, the
+    /// lock is deleted again.
+    async fn held(
+        &self,
+        key: &LockKey,
+        owner: &str,
+        sent_at: Instant,
+        session: &ClientSession,
+    ) -> Result<Option<Held>> {
+        match self.fencing_token(key, owner, session).await {
+            Ok(token) => Ok(token.map(|fencing_token| Held {
+                owner: owner.to_owned(),
                 sent_at,
-                fencing_token: self.fencing_token(key, &session).await?,
+                fencing_token,
             })),
+            Err(e) => {
+                let _ = self.delete_owned(key, owner).await;
+                Err(e)
+            }
         }
     }
 
@@ -293,29 +330,61 @@ impl LockStore {
         Ok(result.deleted_count == 1)
     }
 
-    /// A fencing token for the write just made in `session`.
+    /// A fencing token for the acquiring write just made in `session` by `owner`;
+    /// `None` when the lock was no longer `owner`'s by the time the token was drawn.
     ///
     /// On a replica set (and Atlas) every write is stamped with an `operationTime`,
     /// the timestamp of its oplog entry: unique, and increasing across the whole
     /// set, across elections and restarts. The token is that timestamp as a 64-bit
-    /// number, so it costs no extra round trip. Servers that report no
-    /// `operationTime` (a standalone `mongod`) fall back to a per-key counter in
-    /// `_lock_fences`, which costs one more round trip.
-    async fn fencing_token(&self, key: &LockKey, session: &ClientSession) -> Result<u64> {
+    /// number, so it costs no extra round trip.
+    ///
+    /// Servers that report no `operationTime` (a standalone `mongod`) fall back to one
+    /// counter in `_lock_fences`, drawn after the acquiring write and followed by a
+    /// check that the lock is still ours: a holder delayed past its lease would
+    /// otherwise draw a larger token than its successor. With the check, every token
+    /// in use was drawn while its holder held the lock, so tokens follow hold order.
+    async fn fencing_token(
+        &self,
+        key: &LockKey,
+        owner: &str,
+        session: &ClientSession,
+    ) -> Result<Option<u64>> {
         if let Some(ts) = session.operation_time() {
-            return Ok(((ts.time as u64) << 32) | ts.increment as u64);
+            return Ok(Some(((ts.time as u64) << 32) | ts.increment as u64));
         }
         let counter = self
             .fences
             .find_one_and_update(
-                doc! { "_id": key.to_bson() },
+                doc! { "_id": FENCE_ID },
                 doc! { "$inc": { "token": 1_i64 } },
             )
             .upsert(true)
             .return_document(ReturnDocument::After)
             .await?;
-        Ok(counter
+        let token = counter
             .and_then(|d| d.get_i64("token").ok())
-            .unwrap_or_default() as u64)
+            .unwrap_or_default() as u64;
+        let ours = self
+            .locks
+            .find_one(doc! { ID: key.to_bson(), OWNER: owner })
+            .projection(doc! { "_id": 1 })
+            .await?;
+        Ok(ours.map(|_| token))
+    }
+}
+
+/// `DuplicateKey` when the server said E11000, else the driver's error. The Rust
+/// driver keeps the server's message but not its `keyPattern` and `keyValue`; both
+/// follow from the only unique index on `_locks`, `{ id: 1 }`.
+fn duplicate_key_or(error: mongodb::error::Error, key: &LockKey) -> LockError {
+    match &*error.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY => {
+            LockError::DuplicateKey {
+                message: w.message.clone(),
+                key_pattern: Box::new(doc! { ID: 1 }),
+                key_value: Box::new(doc! { ID: key.to_bson() }),
+            }
+        }
+        _ => LockError::Mongo(error),
     }
 }
