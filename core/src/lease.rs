@@ -1,38 +1,113 @@
 //! A held lock: its lease, its renewal, the moment it stops being safely held, and
 //! its release (or hand-over to the next local waiter).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{LockError, Result};
 use crate::key::LockKey;
-use crate::local_queue::{Inherited, LocalTurn, MAX_LOCAL_HANDOVERS};
+use crate::local_queue::LocalTurn;
+use crate::server_clock::MAX_DRIFT;
 use crate::store::{Held, Released};
 use crate::LockService;
 
 /// How a held lock behaves over time.
 #[derive(Debug, Clone, Copy)]
 pub struct HoldOptions {
-    /// After this the lock is given up (`Lock interrupted by timeout`); `None` is never.
+    /// After this the lock is given up (`Lock interrupted by timeout`), counted from
+    /// `WorkGate::enter`, the moment the protected work starts (as the original starts
+    /// its timer when the callback starts); `None` is never.
     pub lock_timeout: Option<Duration>,
-    /// The lease written to the database. Renewed about every third of it while the
-    /// lock is held, when it is shorter than `lock_timeout`.
+    /// The lease written to the database, renewed every third of it while the lock
+    /// is held, so a lock that is gone (taken over, deleted by another caller) is
+    /// noticed within a third of the lease.
     pub lease: Duration,
+}
+
+/// How long the holder trusts a lease it wrote at `sent`, on its own monotonic clock.
+///
+/// A taker may act once the server's clock has surely passed `lease` after `sent`
+/// (`store::lease_expiry`, `store::take_over`). The holder stops earlier by the rate
+/// difference its clock may have from the server's (`MAX_DRIFT`, twice over for
+/// safety), and by 1 ms for the millisecond rounding of stored dates.
+pub fn trusted(lease: Duration) -> Duration {
+    lease
+        .saturating_sub(lease.mul_f64(2.0 * MAX_DRIFT))
+        .saturating_sub(Duration::from_millis(1))
+}
+
+/// What the holder's side learns when the lock is lost: shared by the guard and its
+/// keeper.
+#[derive(Clone, Default)]
+struct Loss {
+    lost: CancellationToken,
+    reason: Arc<Mutex<Option<LockError>>>,
+    /// Given up as soon as the lock is lost so that the next local waiter is not
+    /// held behind a lock that is no longer ours.
+    turn: Arc<Mutex<Option<LocalTurn>>>,
+}
+
+impl Loss {
+    fn signal(&self, why: LockError) {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(why);
+        self.lost.cancel();
+        drop(self.take_turn());
+    }
+
+    fn take_turn(&self) -> Option<LocalTurn> {
+        self.turn.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn reason(&self) -> LockError {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or(LockError::Closed)
+    }
+}
+
+/// Lets protected work start only while the lock is still held, and starts the
+/// `lock_timeout` clock when it does. Cheap to clone; usable from any thread.
+#[derive(Clone)]
+pub struct WorkGate {
+    lost: CancellationToken,
+    started: Arc<watch::Sender<Option<Instant>>>,
+}
+
+impl WorkGate {
+    /// `true` when the work may start now (the lock is held); `false` when the lock
+    /// was lost first, and the work must not start at all.
+    pub fn enter(&self) -> bool {
+        if self.lost.is_cancelled() {
+            return false;
+        }
+        self.started.send_replace(Some(Instant::now()));
+        true
+    }
+
+    /// Whether `enter` let the work start.
+    pub fn entered(&self) -> bool {
+        self.started.borrow().is_some()
+    }
 }
 
 pub struct LockGuard {
     service: Arc<LockService>,
     key: LockKey,
     held: Held,
-    lost: CancellationToken,
-    reason: Arc<Mutex<Option<LockError>>>,
+    loss: Loss,
+    gate: WorkGate,
     stop: CancellationToken,
-    /// Shared with the keeper, which gives the turn up as soon as the lock is lost so
-    /// that the next local waiter is not held behind a lock that is no longer ours.
-    turn: Arc<Mutex<Option<LocalTurn>>>,
     released: bool,
 }
 
@@ -45,49 +120,51 @@ impl LockGuard {
         turn: Option<LocalTurn>,
     ) -> Self {
         service.hold_started();
-        let guard = LockGuard {
+        let loss = Loss {
+            turn: Arc::new(Mutex::new(turn)),
+            ..Loss::default()
+        };
+        let gate = WorkGate {
+            lost: loss.lost.clone(),
+            started: Arc::new(watch::channel(None).0),
+        };
+        let keeper = Keeper {
+            service: service.clone(),
+            key: key.clone(),
+            owner: held.owner.clone(),
+            options,
+            valid_until: held.sent_at + trusted(options.lease),
+            started: gate.started.subscribe(),
+        };
+        let stop = CancellationToken::new();
+        let on_loss = loss.clone();
+        tokio::spawn(stop.clone().run_until_cancelled_owned(async move {
+            on_loss.signal(keeper.run().await);
+        }));
+        LockGuard {
             service,
             key,
             held,
-            lost: CancellationToken::new(),
-            reason: Arc::default(),
-            stop: CancellationToken::new(),
-            turn: Arc::new(Mutex::new(turn)),
+            loss,
+            gate,
+            stop,
             released: false,
-        };
-        tokio::spawn(guard.stop.clone().run_until_cancelled_owned(keep(
-            guard.service.clone(),
-            guard.key.clone(),
-            guard.held.clone(),
-            options,
-            guard.lost.clone(),
-            guard.reason.clone(),
-            guard.turn.clone(),
-        )));
-        guard
-    }
-
-    pub fn key(&self) -> &LockKey {
-        &self.key
+        }
     }
 
     pub fn fencing_token(&self) -> u64 {
         self.held.fencing_token
     }
 
-    /// Cancelled the moment the lock is no longer safely held.
-    pub fn lost_token(&self) -> CancellationToken {
-        self.lost.clone()
+    /// The gate the protected work must pass to start.
+    pub fn gate(&self) -> WorkGate {
+        self.gate.clone()
     }
 
     /// Resolves when the lock is no longer safely held, with the reason.
     pub async fn lost(&self) -> LockError {
-        self.lost.cancelled().await;
-        self.reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or(LockError::Closed)
+        self.loss.lost.cancelled().await;
+        self.loss.reason()
     }
 
     /// Releases the lock: hands it to the next waiter of this process when there is
@@ -96,12 +173,10 @@ impl LockGuard {
     pub async fn release(mut self) -> Result<bool> {
         self.released = true;
         self.stop.cancel();
-        let service = self.service.clone();
-        let key = self.key.clone();
+        let turn = self.loss.take_turn();
+        let still_ours = !self.loss.lost.is_cancelled();
         let owner = self.held.owner.clone();
-        let turn = take(&self.turn);
-        let still_ours = !self.lost.is_cancelled();
-        release(service, key, owner, turn, still_ours).await
+        release(&self.service, &self.key, owner, turn, still_ours).await
     }
 }
 
@@ -118,11 +193,11 @@ impl Drop for LockGuard {
             self.service.clone(),
             self.key.clone(),
             self.held.owner.clone(),
-            take(&self.turn),
+            self.loss.take_turn(),
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = release(service.clone(), key, owner, turn, false).await;
+                let _ = release(&service, &key, owner, turn, false).await;
                 service.hold_ended();
             });
         } else {
@@ -131,95 +206,122 @@ impl Drop for LockGuard {
     }
 }
 
-fn take(turn: &Mutex<Option<LocalTurn>>) -> Option<LocalTurn> {
-    turn.lock().unwrap_or_else(|e| e.into_inner()).take()
-}
-
 async fn release(
-    service: Arc<LockService>,
-    key: LockKey,
+    service: &LockService,
+    key: &LockKey,
     owner: String,
     turn: Option<LocalTurn>,
     hand_over: bool,
 ) -> Result<bool> {
     let Some(mut turn) = turn else {
-        return Ok(service.store.delete_owned(&key, &owner).await? != Released::NotOurs);
+        return Ok(service.store.delete_owned(key, &owner).await? != Released::NotOurs);
     };
-    if hand_over && turn.has_waiters() && turn.state.streak < MAX_LOCAL_HANDOVERS {
-        turn.state.streak += 1;
-        turn.state.inherited = Some(Inherited { owner });
-        let slot = turn.slot.clone();
-        drop(turn);
+    if hand_over && !service.is_closed() && turn.may_hand_over() {
+        let slot = turn.hand_over(owner);
         // The waiter may have given up in the meantime: then nobody holds the turn
         // now and the lock must not stay behind.
         if let Some(orphan) = slot.take_orphaned() {
-            service.store.delete_owned(&key, &orphan.owner).await?;
+            service.store.delete_owned(key, &orphan.owner).await?;
         }
         return Ok(true);
     }
-    turn.state.streak = 0;
-    let released = service.store.delete_owned(&key, &owner).await;
-    if matches!(released, Ok(Released::Contended)) {
-        turn.state.yield_until = Some(Instant::now() + service.store.yield_window());
-    }
+    let released = service.store.delete_owned(key, &owner).await;
+    turn.released(
+        matches!(released, Ok(Released::Contended)).then(|| service.store.yield_window()),
+    );
     drop(turn);
-    service.queues.tidy(&key);
+    service.queues.tidy(key);
     Ok(released? != Released::NotOurs)
 }
 
-/// Renews the lease while it is needed and signals the loss of the lock.
-async fn keep(
+type Renewal = Pin<Box<dyn Future<Output = (Instant, Result<bool>)> + Send>>;
+
+/// Renews the lease while the lock is held and decides the moment it is lost.
+///
+/// The deadlines are watched whatever a renewal is doing: a renewal that hangs (a
+/// partition, server selection, a full pool) runs beside them, so the holder is told
+/// no later than the end of the lease it last confirmed.
+struct Keeper {
     service: Arc<LockService>,
     key: LockKey,
-    held: Held,
+    owner: String,
     options: HoldOptions,
-    lost: CancellationToken,
-    reason: Arc<Mutex<Option<LockError>>>,
-    turn: Arc<Mutex<Option<LocalTurn>>>,
-) {
-    let sent_at = Instant::from_std(held.sent_at);
-    let lock_deadline = options.lock_timeout.map(|t| sent_at + t);
-    let renews = lock_deadline.is_none_or(|d| d > sent_at + options.lease);
-    let mut valid_until = sent_at + options.lease;
-    let every = (options.lease / 3).max(Duration::from_millis(1));
-    let mut next_renewal = sent_at + every;
-    let signal = |why: LockError| {
-        *reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-        lost.cancel();
-        drop(take(&turn));
-    };
-    loop {
-        // Whichever comes first: the end the caller chose or the end of the lease.
-        let (end, why_timeout) = match lock_deadline {
-            Some(d) if d <= valid_until => (d, true),
-            _ => (valid_until, false),
-        };
-        tokio::select! {
-            biased;
-            _ = service.closed.cancelled() => return signal(LockError::Closed),
-            _ = tokio::time::sleep_until(end) => {
-                return signal(if why_timeout {
-                    LockError::LockTimeout
-                } else {
-                    LockError::LockLost { reason: "the lease ran out before it could be renewed".into() }
-                });
-            }
-            _ = tokio::time::sleep_until(next_renewal), if renews => {
-                let sent = Instant::now();
-                match service.store.renew(&key, &held.owner, options.lease).await {
-                    Ok(true) => {
-                        valid_until = sent + options.lease;
-                        next_renewal = sent + every;
-                    }
-                    Ok(false) => {
-                        return signal(LockError::LockLost {
-                            reason: "the lock was taken over or deleted by another caller".into(),
-                        });
-                    }
-                    // Try again soon; the lease still runs until `valid_until`.
-                    Err(_) => next_renewal = Instant::now() + (every / 4).max(Duration::from_millis(5)),
+    /// The end of the lease as the holder may trust it (`trusted`).
+    valid_until: Instant,
+    /// When the protected work started (`WorkGate::enter`); `lock_timeout` counts from it.
+    started: watch::Receiver<Option<Instant>>,
+}
+
+impl Keeper {
+    fn every(&self) -> Duration {
+        (self.options.lease / 3).max(Duration::from_millis(1))
+    }
+
+    fn lock_deadline(&self) -> Option<Instant> {
+        let started = (*self.started.borrow())?;
+        Some(started + self.options.lock_timeout?)
+    }
+
+    fn renew(&self) -> Renewal {
+        let (service, key, owner) = (self.service.clone(), self.key.clone(), self.owner.clone());
+        let lease = self.options.lease;
+        Box::pin(async move {
+            let sent = Instant::now();
+            (sent, service.store.renew(&key, &owner, lease).await)
+        })
+    }
+
+    /// Runs until the lock is lost and returns why.
+    async fn run(mut self) -> LockError {
+        let mut next_renewal = self.valid_until.min(Instant::now() + self.every());
+        let mut renewal: Option<Renewal> = None;
+        let mut last_error: Option<LockError> = None;
+        let mut watching_start = true;
+        loop {
+            let timeout = self.lock_deadline().filter(|d| *d <= self.valid_until);
+            let end = timeout.unwrap_or(self.valid_until);
+            tokio::select! {
+                biased;
+                _ = self.service.closed() => return LockError::Closed,
+                _ = tokio::time::sleep_until(end) => {
+                    return match (timeout, last_error) {
+                        (Some(_), _) => LockError::LockTimeout,
+                        (None, Some(e)) => LockError::lost(format!("the lease ran out while it could not be renewed: {e}")),
+                        (None, None) => LockError::lost("the lease ran out before it could be renewed"),
+                    };
                 }
+                changed = self.started.changed(), if watching_start => watching_start = changed.is_ok(),
+                (sent, renewed) = async { renewal.as_mut().expect("guarded by is_some").await }, if renewal.is_some() => {
+                    renewal = None;
+                    match renewed {
+                        Ok(true) => {
+                            self.valid_until = sent + trusted(self.options.lease);
+                            next_renewal = sent + self.every();
+                            last_error = None;
+                        }
+                        Ok(false) => return LockError::lost("the lock was taken over or deleted by another caller"),
+                        Err(e) => {
+                            last_error = Some(e);
+                            next_renewal = Instant::now() + (self.every() / 4).max(Duration::from_millis(5));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(next_renewal), if renewal.is_none() => renewal = Some(self.renew()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_holder_stops_trusting_before_any_taker_may_act() {
+        assert_eq!(trusted(Duration::from_secs(1)), Duration::from_millis(997));
+        assert_eq!(trusted(Duration::from_millis(1)), Duration::ZERO);
+        assert!(
+            trusted(Duration::from_secs(30)) <= Duration::from_secs(30).mul_f64(1.0 - MAX_DRIFT)
+        );
     }
 }

@@ -16,17 +16,18 @@ mod store;
 
 pub use mongodb;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mongodb::options::WriteConcern;
 use mongodb::Client;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 pub use acquire::AcquireOptions;
 pub use error::{LockError, Result, DUPLICATE_KEY};
 pub use key::{ids_to_string, js_number_to_string, LockKey, ResourceId};
-pub use lease::{HoldOptions, LockGuard};
+pub use lease::{HoldOptions, LockGuard, WorkGate};
 
 use local_queue::LocalQueues;
 use release_feed::ReleaseFeed;
@@ -44,6 +45,9 @@ pub struct LockService {
     feed: ReleaseFeed,
     queues: LocalQueues,
     closed: CancellationToken,
+    /// The owner of each lock this service took with `lock()` and has not unlocked,
+    /// so that `unlock()` removes that lock and never a later holder's.
+    locked: Mutex<HashMap<String, String>>,
 }
 
 impl LockService {
@@ -56,6 +60,7 @@ impl LockService {
             holds: tokio::sync::watch::channel(0).0,
             client,
             closed,
+            locked: Mutex::default(),
         })
     }
 
@@ -70,17 +75,31 @@ impl LockService {
     pub async fn lock(&self, key: &LockKey, lease: Option<Duration>) -> Result<u64> {
         self.open()?;
         let owner = uuid::Uuid::new_v4().simple().to_string();
-        Ok(self.store.insert(key, &owner, lease).await?.fencing_token)
+        let held = self.store.insert(key, &owner, lease).await?;
+        self.locked().insert(key.identity(), owner);
+        Ok(held.fencing_token)
     }
 
-    /// Deletes the lock of `key` whoever holds it, as the original `unlock()`.
+    /// Deletes the lock of `key`, as the original `unlock()`. A lock this service took
+    /// with `lock()` is deleted only while it is still that lock: after its lease ran
+    /// out and another caller took the key, this fails (`NotDeleted`) and leaves the
+    /// other caller's lock alone. Any other lock is deleted whoever holds it.
     pub async fn unlock(&self, key: &LockKey, ids: &[ResourceId]) -> Result<()> {
         self.open()?;
-        if self.store.delete_any(key).await? {
+        let owner = self.locked().remove(&key.identity());
+        let deleted = match owner {
+            Some(owner) => self.store.delete_owned(key, &owner).await? != store::Released::NotOurs,
+            None => self.store.delete_any(key).await?,
+        };
+        if deleted {
             Ok(())
         } else {
-            Err(LockError::not_deleted(ids))
+            Err(LockError::not_deleted(ids_to_string(ids)))
         }
+    }
+
+    fn locked(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.locked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Waits for and takes the lock of `key`.
@@ -108,6 +127,15 @@ impl LockService {
 
     pub(crate) fn hold_ended(&self) {
         self.holds.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Resolves when `close()` is called.
+    pub(crate) fn closed(&self) -> WaitForCancellationFuture<'_> {
+        self.closed.cancelled()
     }
 
     fn open(&self) -> Result<()> {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Mutex as FairMutex, OwnedMutexGuard};
+use tokio::time::{Duration, Instant};
 
 use crate::key::LockKey;
 
@@ -22,22 +23,43 @@ pub struct Inherited {
 
 #[derive(Default)]
 pub struct SlotState {
-    pub inherited: Option<Inherited>,
+    inherited: Option<Inherited>,
     /// Local hand-overs since the key was last released in the database.
-    pub streak: u32,
+    streak: u32,
     /// After releasing a lock that another process waited for, this process's next
     /// attempt waits until then, so that the waiter gets its turn.
-    pub yield_until: Option<tokio::time::Instant>,
+    yield_until: Option<Instant>,
 }
 
 impl SlotState {
     fn yielding(&self) -> bool {
-        self.yield_until
-            .is_some_and(|t| t > tokio::time::Instant::now())
+        self.yield_until.is_some_and(|t| t > Instant::now())
     }
 }
 
 impl KeySlot {
+    /// Waits for this caller's turn. Dropping the future leaves the queue; a lock
+    /// handed to this caller meanwhile must then be taken back (`take_orphaned`).
+    pub async fn turn(self: &Arc<Self>) -> LocalTurn {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let leave = LeaveOnDrop(&self.waiting);
+        let state = self.state.clone().lock_owned().await;
+        drop(leave);
+        LocalTurn {
+            state,
+            slot: self.clone(),
+        }
+    }
+
+    /// The turn if nobody has it now, without waiting.
+    pub fn try_turn(self: &Arc<Self>) -> Option<LocalTurn> {
+        let state = self.state.clone().try_lock_owned().ok()?;
+        Some(LocalTurn {
+            state,
+            slot: self.clone(),
+        })
+    }
+
     /// Nobody uses the slot and it remembers nothing that matters.
     fn idle(self: &Arc<Self>) -> bool {
         Arc::strong_count(self) == 1
@@ -63,14 +85,48 @@ pub struct KeySlot {
 
 /// The local turn of one caller: holding it means being the head of the key's queue.
 pub struct LocalTurn {
-    pub state: OwnedMutexGuard<SlotState>,
-    pub slot: Arc<KeySlot>,
+    state: OwnedMutexGuard<SlotState>,
+    slot: Arc<KeySlot>,
 }
 
 impl LocalTurn {
-    /// Whether somebody in this process is queued behind us.
-    pub fn has_waiters(&self) -> bool {
-        self.slot.waiting.load(Ordering::SeqCst) > 0
+    /// Whether the lock may go to the next waiter of this process without a release
+    /// in the database: somebody is queued, and the streak is not used up.
+    pub fn may_hand_over(&self) -> bool {
+        self.slot.waiting.load(Ordering::SeqCst) > 0 && self.state.streak < MAX_LOCAL_HANDOVERS
+    }
+
+    /// Leaves the lock, still under `owner`, to the next waiter, and gives up the turn.
+    /// Returns the slot, to take the lock back if no waiter took the turn.
+    pub fn hand_over(mut self, owner: String) -> Arc<KeySlot> {
+        self.state.streak += 1;
+        self.state.inherited = Some(Inherited { owner });
+        self.slot
+    }
+
+    /// The lock the previous local holder left for us, if any.
+    pub fn inherit(&mut self) -> Option<Inherited> {
+        self.state.inherited.take()
+    }
+
+    /// The inherited lock was lost before it could be taken: the streak starts over.
+    pub fn inheritance_lost(&mut self) {
+        self.state.streak = 0;
+    }
+
+    /// The key was released in the database; after a contended release, this process
+    /// lets other processes try first for `yield_for`.
+    pub fn released(&mut self, yield_for: Option<Duration>) {
+        self.state.streak = 0;
+        self.state.yield_until = yield_for.map(|d| Instant::now() + d);
+    }
+
+    /// Until when this process should let other processes try first, if at all.
+    pub fn yielding_until(&mut self) -> Option<Instant> {
+        self.state
+            .yield_until
+            .take()
+            .filter(|t| *t > Instant::now())
     }
 }
 
@@ -80,24 +136,14 @@ pub struct LocalQueues {
 }
 
 impl LocalQueues {
-    /// Waits for this caller's turn on `key`. Dropping the future leaves the queue.
-    pub async fn turn(&self, key: &LockKey) -> LocalTurn {
-        let slot = self.slot(key);
-        slot.waiting.fetch_add(1, Ordering::SeqCst);
-        let leave = LeaveOnDrop(&slot.waiting);
-        let state = slot.state.clone().lock_owned().await;
-        drop(leave);
-        LocalTurn { state, slot }
-    }
-
-    fn slot(&self, key: &LockKey) -> Arc<KeySlot> {
+    pub fn slot(&self, key: &LockKey) -> Arc<KeySlot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         // Drop idle slots so a process that locks millions of distinct keys stays flat.
         if slots.len() > 1024 {
             slots.retain(|_, slot| !slot.idle());
         }
         slots
-            .entry(map_key(key))
+            .entry(key.identity())
             .or_insert_with(|| {
                 Arc::new(KeySlot {
                     state: Arc::new(FairMutex::new(SlotState::default())),
@@ -110,7 +156,7 @@ impl LocalQueues {
     /// Forgets the slot of `key` when nobody uses it any more.
     pub fn tidy(&self, key: &LockKey) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let name = map_key(key);
+        let name = key.identity();
         if slots.get(&name).is_some_and(|slot| slot.idle()) {
             slots.remove(&name);
         }
@@ -125,11 +171,40 @@ impl Drop for LeaveOnDrop<'_> {
     }
 }
 
-/// Keys equal in MongoDB's unique index share a slot: 123 and 123.0 are one key,
-/// '123' another.
-fn map_key(key: &LockKey) -> String {
-    match key {
-        LockKey::Str(s) => format!("s:{s}"),
-        LockKey::Num(n) => format!("n:{n}"),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn turns_are_first_come_first_served_and_try_turn_never_waits() {
+        let queues = LocalQueues::default();
+        let slot = queues.slot(&LockKey::Str("k".into()));
+        let first = slot.turn().await;
+        assert!(slot.try_turn().is_none());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..3 {
+            let (slot, tx) = (slot.clone(), tx.clone());
+            tokio::spawn(async move {
+                let turn = slot.turn().await;
+                tx.send(i).unwrap();
+                drop(turn);
+            });
+            tokio::task::yield_now().await;
+        }
+        assert!(first.may_hand_over());
+        drop(first);
+        let order: Vec<_> = [rx.recv().await, rx.recv().await, rx.recv().await].into();
+        assert_eq!(order, vec![Some(0), Some(1), Some(2)]);
+        assert!(slot.try_turn().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_lock_handed_to_nobody_is_taken_back() {
+        let queues = LocalQueues::default();
+        let slot = queues.slot(&LockKey::Num(1.0));
+        let turn = slot.turn().await;
+        let slot = turn.hand_over("me".into());
+        assert_eq!(slot.take_orphaned().map(|o| o.owner), Some("me".into()));
+        assert!(slot.take_orphaned().is_none());
     }
 }

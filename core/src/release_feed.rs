@@ -32,8 +32,17 @@ pub struct ReleaseFeed {
 struct Inner {
     released: broadcast::Sender<Bson>,
     state: watch::Sender<FeedState>,
-    running: Mutex<bool>,
+    running: Mutex<Running>,
     stop: CancellationToken,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Running {
+    No,
+    Yes,
+    /// The server refused to open a stream then; asked again only by a waiter, and
+    /// not before `RETRY_REFUSED_DELAY`.
+    RefusedAt(Instant),
 }
 
 /// A waiter's view of the feed.
@@ -64,7 +73,8 @@ impl Subscription {
 const START_WAIT: Duration = Duration::from_secs(2);
 /// After a live stream broke (failover, network): reopen soon.
 const REOPEN_DELAY: Duration = Duration::from_secs(1);
-/// After the server refused to open one (standalone): it will not change its mind soon.
+/// After the server refused to open one (standalone): it will not change its mind soon,
+/// so the next waiter asks again only after this.
 const RETRY_REFUSED_DELAY: Duration = Duration::from_secs(30);
 /// A stream nobody listened to for this long is closed.
 const IDLE_CLOSE: Duration = Duration::from_secs(60);
@@ -75,7 +85,7 @@ impl ReleaseFeed {
             inner: Arc::new(Inner {
                 released: broadcast::channel(1024).0,
                 state: watch::channel(FeedState::Starting).0,
-                running: Mutex::new(false),
+                running: Mutex::new(Running::No),
                 stop,
             }),
         }
@@ -94,10 +104,12 @@ impl ReleaseFeed {
 
     fn start(&self, locks: &Collection<Document>) {
         let mut running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
-        if *running {
-            return;
+        match *running {
+            Running::Yes => return,
+            Running::RefusedAt(at) if at.elapsed() < RETRY_REFUSED_DELAY => return,
+            Running::RefusedAt(_) | Running::No => {}
         }
-        *running = true;
+        *running = Running::Yes;
         self.inner.state.send_replace(FeedState::Starting);
         let (inner, locks) = (self.inner.clone(), locks.clone());
         tokio::spawn(async move {
@@ -110,7 +122,8 @@ impl ReleaseFeed {
     }
 }
 
-/// Follows the stream until it has been idle for `IDLE_CLOSE`.
+/// Follows the stream until it has been idle for `IDLE_CLOSE`, or until the server
+/// refuses to open one.
 async fn follow(inner: &Inner, locks: Collection<Document>) {
     loop {
         let opened = locks
@@ -120,9 +133,10 @@ async fn follow(inner: &Inner, locks: Collection<Document>) {
         let mut stream = match opened {
             Ok(stream) => stream,
             Err(_) => {
+                let mut running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
+                *running = Running::RefusedAt(Instant::now());
                 inner.state.send_replace(FeedState::Unavailable);
-                tokio::time::sleep(RETRY_REFUSED_DELAY).await;
-                continue;
+                return;
             }
         };
         inner.state.send_replace(FeedState::Live);
@@ -147,7 +161,7 @@ async fn follow(inner: &Inner, locks: Collection<Document>) {
                 // running under the lock keeps a subscriber from missing the restart.
                 let mut running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
                 if inner.released.receiver_count() == 0 {
-                    *running = false;
+                    *running = Running::No;
                     inner.state.send_replace(FeedState::Starting);
                     return;
                 }

@@ -146,8 +146,9 @@ async fn fencing_tokens_increase_with_every_acquisition() {
 async fn an_expired_lease_is_taken_over_and_its_holder_told() {
     let (service, client, db) = service().await;
     let key = LockKey::Str("crashed".into());
-    // A holder that stops renewing: a short lease and no renewal (lease == lockTimeout).
+    // A holder whose work outlives its lockTimeout, counted from the start of the work.
     let first = service.acquire(&key, &options(1_000, 300)).await.unwrap();
+    assert!(first.gate().enter());
     let started = std::time::Instant::now();
     let patient = options(5_000, 5_000);
     let second = service.acquire(&key, &patient);
