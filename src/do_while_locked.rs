@@ -1,12 +1,13 @@
 //! `doWhileLocked(resourceIds, callback, options?)`: wait for the lock, run the
 //! callback while holding it, release it; all timing in Rust on tokio.
 
-use lock_core::{AcquireOptions, HoldOptions, LockError};
+use lock_core::{ids_to_string, AcquireOptions, HoldOptions, LockError};
 use napi::bindgen_prelude::{
-    Either, FnArgs, Function, FunctionRef, JsObjectValue, Object, Promise, PromiseRaw,
+    FnArgs, FromNapiValue, Function, FunctionCallContext, FunctionRef, JsObjectValue, Object,
+    PromiseRaw,
 };
 use napi::threadsafe_function::ThreadsafeFunction;
-use napi::{Env, Status, Unknown, ValueType};
+use napi::{sys, Env, JsValue, Status, Unknown, ValueType};
 use napi_derive::napi;
 use tokio_util::sync::CancellationToken;
 
@@ -16,16 +17,12 @@ use crate::options;
 use crate::resource_ids::{self, describe, ResourceIds};
 use crate::resource_lock::{Failure, ResourceLock};
 use crate::retained_value::RetainedValue;
+use crate::returned::Returned;
 
-/// The caller's callback, callable from tokio. Not weak: like the original's timers,
-/// a wait or a hold in progress keeps the process alive until it ends.
-type Callback = ThreadsafeFunction<
-    LockContext,
-    Either<Promise<RetainedValue>, RetainedValue>,
-    LockContext,
-    Status,
-    false,
->;
+/// The caller's callback behind its gate (`gated`), callable from tokio. Not weak:
+/// like the original's timers, a wait or a hold in progress keeps the process alive
+/// until it ends.
+type Callback = ThreadsafeFunction<LockContext, Returned, LockContext, Status, false>;
 
 /// `signal.addEventListener('abort', listener, { once: true })`.
 type AddEventListener<'env> =
@@ -95,12 +92,8 @@ fn prepare(
             .map_err(|_| LockError::type_error("options.signal must be an AbortSignal"))?,
         None => None,
     };
-    let function: Function<LockContext, Either<Promise<RetainedValue>, RetainedValue>> =
-        unsafe { callback.cast() }
-            .map_err(|_| LockError::type_error("callback must be a function"))?;
-    let callback = function
-        .build_threadsafe_function::<LockContext>()
-        .build()
+    let callback = gated(env, callback)
+        .and_then(|gate| gate.build_threadsafe_function::<LockContext>().build())
         .map_err(|_| LockError::type_error("callback must be a function"))?;
     let prepared = Prepared {
         ids,
@@ -116,6 +109,52 @@ fn prepare(
         },
     };
     Ok((prepared, stop_following))
+}
+
+/// The callback behind a gate that calls it only with a context: the context is built
+/// on the JavaScript thread just before the call, and is `undefined` when the lock was
+/// lost before the callback could start (`LockContext`), so the callback never starts
+/// without the lock. Called through `napi_call_function` so that whatever the callback
+/// throws (an `Error` or any other value) stays the pending exception, unchanged.
+fn gated<'env>(
+    env: &'env Env,
+    callback: Unknown<'env>,
+) -> napi::Result<Function<'env, LockContext, Returned>> {
+    let callback: Function<Unknown, Unknown> = unsafe { callback.cast() }?;
+    let callback = callback.create_ref()?;
+    let gate = env.create_function_from_closure::<Unknown, Unknown, _>(
+        "doWhileLockedCallback",
+        move |ctx: FunctionCallContext| {
+            let context: Unknown = ctx.get(0)?;
+            if context.get_type()? == ValueType::Undefined {
+                return Ok(context);
+            }
+            let callback = callback.borrow_back(ctx.env)?;
+            let raw_env = ctx.env.raw();
+            let mut undefined = std::ptr::null_mut();
+            let mut returned = std::ptr::null_mut();
+            let status = unsafe {
+                sys::napi_get_undefined(raw_env, &mut undefined);
+                sys::napi_call_function(
+                    raw_env,
+                    undefined,
+                    callback.raw(),
+                    1,
+                    &context.raw(),
+                    &mut returned,
+                )
+            };
+            if status == sys::Status::napi_pending_exception {
+                return Err(napi::Error::new(
+                    Status::PendingException,
+                    "the callback threw",
+                ));
+            }
+            napi::check_status!(status)?;
+            Ok(unsafe { Unknown::from_raw_unchecked(raw_env, returned) })
+        },
+    )?;
+    unsafe { Function::from_napi_value(env.raw(), gate.raw()) }
 }
 
 /// `signal.removeEventListener('abort', listener)`, bound, to call when the call
@@ -173,15 +212,17 @@ async fn hold(
     let guard = service.acquire(&ids.key, &acquire).await?;
 
     let signal = ContextSignal::new();
+    let gate = guard.gate();
     let context = LockContext {
         key: ids.key.clone(),
         fencing_token: guard.fencing_token(),
         signal: signal.clone(),
+        gate: gate.clone(),
     };
     let outcome = async {
         match callback.call_async_catch(context).await? {
-            Either::A(promise) => promise.await,
-            Either::B(value) => Ok(value),
+            Returned::Settles(promise) => promise.await,
+            Returned::Value(value) => Ok(value),
         }
     };
     tokio::pin!(outcome);
@@ -198,33 +239,25 @@ async fn hold(
             }
         }
     };
+    let ended = match ended {
+        // Lost before the callback could start: it was not called (`gated`).
+        Ok(_) if !gate.entered() => Err(guard.lost().await),
+        ended => ended,
+    };
     match ended {
         Ok(result) => match guard.release().await? {
             true => result.map_err(Failure::Js),
             // Someone removed the lock while we held it: the original's release
             // failed the same way.
-            false => Err(Failure::Lock(LockError::not_deleted(&ids.ids))),
+            false => Err(Failure::Lock(LockError::not_deleted(ids_to_string(
+                &ids.ids,
+            )))),
         },
         Err(why) => {
-            signal.abort_now(copy_of(&why)).await;
+            signal.abort_now(why.clone()).await;
             // Only our own lock is removed; a later holder's stays.
             let _ = guard.release().await;
             Err(Failure::Lock(why))
         }
-    }
-}
-
-/// The reasons a hold ends early carry no driver error, so they can be repeated
-/// as the signal's abort reason.
-fn copy_of(why: &LockError) -> LockError {
-    match why {
-        LockError::LockTimeout => LockError::LockTimeout,
-        LockError::Closed => LockError::Closed,
-        LockError::LockLost { reason } => LockError::LockLost {
-            reason: reason.clone(),
-        },
-        other => LockError::LockLost {
-            reason: other.to_string(),
-        },
     }
 }

@@ -14,4 +14,5 @@ mod options;
 mod resource_ids;
 mod resource_lock;
 mod retained_value;
+mod returned;
 mod unlock;

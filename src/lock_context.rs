@@ -3,11 +3,13 @@
 //! Built on the JavaScript thread when the callback is called. `signal` belongs to an
 //! `AbortController` whose `abort` is handed back to Rust as a weak threadsafe
 //! function, so the hold can abort it from any thread without keeping Node alive.
-//! A lock lost before the context was built gives an already aborted signal.
+//! A lock lost before the context was built gives no context at all: the callback is
+//! then not called (`do_while_locked::gated`). Building the context is the moment the
+//! callback starts, so it also starts the `lockTimeout` clock (`WorkGate::enter`).
 
 use std::sync::{Arc, Mutex};
 
-use lock_core::{LockError, LockKey};
+use lock_core::{LockError, LockKey, WorkGate};
 use napi::bindgen_prelude::{BigInt, Function, JsObjectValue, Object, ToNapiValue};
 use napi::threadsafe_function::{
     ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode, UnknownReturnValue,
@@ -76,11 +78,15 @@ pub struct LockContext {
     pub key: LockKey,
     pub fencing_token: u64,
     pub signal: ContextSignal,
+    pub gate: WorkGate,
 }
 
 impl ToNapiValue for LockContext {
     unsafe fn to_napi_value(raw_env: sys::napi_env, value: Self) -> napi::Result<sys::napi_value> {
         let env = Env::from_raw(raw_env);
+        if !value.gate.enter() {
+            return napi::bindgen_prelude::Undefined::to_napi_value(raw_env, ());
+        }
         let global = env.get_global()?;
         let controller_class: Function<(), Unknown> =
             global.get_named_property("AbortController")?;

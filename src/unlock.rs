@@ -1,4 +1,5 @@
-//! `unlock(resourceIds)`: deletes the lock whoever holds it, as the original.
+//! `unlock(resourceIds)`: deletes the lock, as the original; a lock this instance took
+//! with `lock()` only while it is still that lock.
 
 use napi::bindgen_prelude::{PromiseRaw, Undefined};
 use napi::{Env, Unknown};
