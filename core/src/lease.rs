@@ -315,6 +315,79 @@ impl Keeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Held;
+
+    /// A guard over a lock "held" through a client that reaches no server: every
+    /// renewal hangs in server selection, as it does for a partitioned holder.
+    async fn partitioned_guard(options: HoldOptions) -> (LockGuard, Instant) {
+        let uri = "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=600000&connectTimeoutMS=600000";
+        let client = mongodb::Client::with_uri_str(uri).await.unwrap();
+        let service = LockService::new(client, "keeper", None);
+        let held = Held {
+            owner: "me".into(),
+            sent_at: Instant::now(),
+            fencing_token: 1,
+        };
+        let key = LockKey::Str("k".into());
+        (
+            LockGuard::start(service, key, held, options, None),
+            Instant::now(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_renewal_does_not_delay_the_end_of_the_lease() {
+        let lease = Duration::from_secs(1);
+        let options = HoldOptions {
+            lock_timeout: None,
+            lease,
+        };
+        let (guard, start) = partitioned_guard(options).await;
+        let why = guard.lost().await;
+        assert!(matches!(why, LockError::LockLost { .. }), "{why:?}");
+        assert_eq!(start.elapsed(), trusted(lease));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lock_timeout_counts_from_the_start_of_the_work() {
+        let options = HoldOptions {
+            lock_timeout: Some(Duration::from_millis(300)),
+            lease: Duration::from_secs(10),
+        };
+        let (guard, start) = partitioned_guard(options).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!guard.gate().entered());
+        assert!(guard.gate().enter());
+        let why = guard.lost().await;
+        assert!(matches!(why, LockError::LockTimeout), "{why:?}");
+        assert_eq!(start.elapsed(), Duration::from_millis(800));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_cannot_start_once_the_lock_is_lost() {
+        let lease = Duration::from_millis(300);
+        let options = HoldOptions {
+            lock_timeout: None,
+            lease,
+        };
+        let (guard, _) = partitioned_guard(options).await;
+        guard.lost().await;
+        assert!(!guard.gate().enter());
+        assert!(!guard.gate().entered());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_ends_the_hold_at_once() {
+        let lease = Duration::from_secs(5);
+        let options = HoldOptions {
+            lock_timeout: None,
+            lease,
+        };
+        let (guard, start) = partitioned_guard(options).await;
+        guard.service.closed.cancel();
+        assert!(matches!(guard.lost().await, LockError::Closed));
+        assert!(start.elapsed() < Duration::from_millis(10));
+    }
 
     #[test]
     fn the_holder_stops_trusting_before_any_taker_may_act() {

@@ -26,8 +26,8 @@ const FENCE_ID: &str = "fence";
 #[derive(Debug, Clone)]
 pub struct Held {
     pub owner: String,
-    /// When the acquiring write was sent: the lease and `lockTimeout` count from here,
-    /// the earliest moment the server can have stamped the lease.
+    /// When the acquiring write was sent: the holder's lease counts from here, a moment
+    /// before the server's clock was read for the stored expiry.
     pub sent_at: Instant,
     /// Strictly increasing per key across processes and restarts (see `fencing_token`).
     pub fencing_token: u64,
