@@ -13,8 +13,8 @@ use crate::error::{LockError, Result};
 use crate::key::LockKey;
 use crate::lease::{HoldOptions, LockGuard};
 use crate::local_queue::{Inherited, LocalTurn};
+use crate::shared::Shared;
 use crate::store::{Blocker, Held};
-use crate::LockService;
 
 #[derive(Debug, Clone)]
 pub struct AcquireOptions {
@@ -33,7 +33,7 @@ const SAFETY_POLL: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 
 pub(crate) async fn acquire(
-    service: &Arc<LockService>,
+    service: &Arc<Shared>,
     key: &LockKey,
     options: &AcquireOptions,
 ) -> Result<LockGuard> {
@@ -61,7 +61,7 @@ pub(crate) async fn acquire(
 /// Waits for this caller's turn among the callers of this process, within the same
 /// `waitTimeout` as the whole call (zero: only if nobody has the turn now).
 async fn local_turn(
-    service: &Arc<LockService>,
+    service: &Arc<Shared>,
     key: &LockKey,
     options: &AcquireOptions,
     deadline: Instant,
@@ -90,7 +90,7 @@ async fn local_turn(
 /// Makes the lock the previous local holder left for us ours: one write, a fresh
 /// lease and fencing token. `None` when it was lost meanwhile.
 async fn inherit(
-    service: &Arc<LockService>,
+    service: &Arc<Shared>,
     key: &LockKey,
     inherited: &Inherited,
     owner: &str,
@@ -115,7 +115,7 @@ async fn inherit(
 }
 
 fn guard(
-    service: &Arc<LockService>,
+    service: &Arc<Shared>,
     key: &LockKey,
     held: Held,
     options: &AcquireOptions,
@@ -125,7 +125,7 @@ fn guard(
 }
 
 /// The reason to stop waiting now, if there is one.
-fn interrupted(service: &LockService, options: &AcquireOptions) -> Result<()> {
+fn interrupted(service: &Shared, options: &AcquireOptions) -> Result<()> {
     if service.is_closed() {
         Err(LockError::Closed)
     } else if options.cancel.is_cancelled() {
@@ -137,7 +137,7 @@ fn interrupted(service: &LockService, options: &AcquireOptions) -> Result<()> {
 
 /// Runs `step` unless the caller aborts or `close()` is called first.
 async fn interruptible<T>(
-    service: &LockService,
+    service: &Shared,
     options: &AcquireOptions,
     step: impl Future<Output = Result<T>>,
 ) -> Result<T> {
@@ -154,7 +154,7 @@ async fn interruptible<T>(
 /// background, where the lock it took (or `left_over`, the inherited lock a failed
 /// transfer leaves) is deleted again.
 async fn acquiring_write(
-    service: &Arc<LockService>,
+    service: &Arc<Shared>,
     key: &LockKey,
     options: &AcquireOptions,
     write: impl Future<Output = Result<Option<Held>>> + Send + 'static,
@@ -184,7 +184,7 @@ async fn acquiring_write(
 }
 
 async fn acquire_in_database(
-    service: &Arc<LockService>,
+    service: &Arc<Shared>,
     key: &LockKey,
     owner: &str,
     options: &AcquireOptions,
@@ -248,7 +248,7 @@ async fn acquire_in_database(
 }
 
 async fn take_over(
-    service: &Arc<LockService>,
+    service: &Arc<Shared>,
     key: &LockKey,
     blocker: &Blocker,
     owner: &str,
@@ -264,7 +264,7 @@ async fn take_over(
 
 /// Time until the blocker's lease has surely passed on the server's clock, if it
 /// has a lease.
-async fn until_expiry(service: &LockService, blocker: &Blocker) -> Result<Option<Duration>> {
+async fn until_expiry(service: &Shared, blocker: &Blocker) -> Result<Option<Duration>> {
     let Some(expiry) = blocker.lease_expires_at else {
         return Ok(None);
     };

@@ -14,8 +14,8 @@ use crate::error::{LockError, Result};
 use crate::key::LockKey;
 use crate::local_queue::LocalTurn;
 use crate::server_clock::MAX_DRIFT;
+use crate::shared::Shared;
 use crate::store::{Held, Released};
-use crate::LockService;
 
 /// How a held lock behaves over time.
 #[derive(Debug, Clone, Copy)]
@@ -102,7 +102,7 @@ impl WorkGate {
 }
 
 pub struct LockGuard {
-    service: Arc<LockService>,
+    service: Arc<Shared>,
     key: LockKey,
     held: Held,
     loss: Loss,
@@ -113,7 +113,7 @@ pub struct LockGuard {
 
 impl LockGuard {
     pub(crate) fn start(
-        service: Arc<LockService>,
+        service: Arc<Shared>,
         key: LockKey,
         held: Held,
         options: HoldOptions,
@@ -207,7 +207,7 @@ impl Drop for LockGuard {
 }
 
 async fn release(
-    service: &LockService,
+    service: &Shared,
     key: &LockKey,
     owner: String,
     turn: Option<LocalTurn>,
@@ -242,7 +242,7 @@ type Renewal = Pin<Box<dyn Future<Output = (Instant, Result<bool>)> + Send>>;
 /// partition, server selection, a full pool) runs beside them, so the holder is told
 /// no later than the end of the lease it last confirmed.
 struct Keeper {
-    service: Arc<LockService>,
+    service: Arc<Shared>,
     key: LockKey,
     owner: String,
     options: HoldOptions,
@@ -322,7 +322,8 @@ mod tests {
     async fn partitioned_guard(options: HoldOptions) -> (LockGuard, Instant) {
         let uri = "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=600000&connectTimeoutMS=600000";
         let client = mongodb::Client::with_uri_str(uri).await.unwrap();
-        let service = LockService::new(client, "keeper", None);
+        let store = crate::store::LockStore::new(client.database("keeper"), None);
+        let service = Arc::new(Shared::new(store));
         let held = Held {
             owner: "me".into(),
             sent_at: Instant::now(),
@@ -384,7 +385,7 @@ mod tests {
             lease,
         };
         let (guard, start) = partitioned_guard(options).await;
-        guard.service.closed.cancel();
+        guard.service.close();
         assert!(matches!(guard.lost().await, LockError::Closed));
         assert!(start.elapsed() < Duration::from_millis(10));
     }

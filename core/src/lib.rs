@@ -12,6 +12,7 @@ mod lease;
 mod local_queue;
 mod release_feed;
 mod server_clock;
+mod shared;
 mod store;
 
 pub use mongodb;
@@ -22,15 +23,13 @@ use std::time::Duration;
 
 use mongodb::options::WriteConcern;
 use mongodb::Client;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 pub use acquire::AcquireOptions;
 pub use error::{LockError, Result, DUPLICATE_KEY};
 pub use key::{ids_to_string, js_number_to_string, LockKey, ResourceId};
 pub use lease::{HoldOptions, LockGuard, WorkGate};
 
-use local_queue::LocalQueues;
-use release_feed::ReleaseFeed;
+use shared::Shared;
 use store::LockStore;
 
 /// How long `close()` waits for held locks to be released.
@@ -39,12 +38,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Locks in one database, over one client.
 pub struct LockService {
     client: Client,
-    /// Locks held right now; `close()` waits for their release before disconnecting.
-    holds: tokio::sync::watch::Sender<usize>,
-    store: LockStore,
-    feed: ReleaseFeed,
-    queues: LocalQueues,
-    closed: CancellationToken,
+    shared: Arc<Shared>,
     /// The owner of each lock this service took with `lock()` and has not unlocked,
     /// so that `unlock()` removes that lock and never a later holder's.
     locked: Mutex<HashMap<String, String>>,
@@ -52,30 +46,26 @@ pub struct LockService {
 
 impl LockService {
     pub fn new(client: Client, database: &str, write_concern: Option<WriteConcern>) -> Arc<Self> {
-        let closed = CancellationToken::new();
+        let store = LockStore::new(client.database(database), write_concern);
         Arc::new(LockService {
-            store: LockStore::new(client.database(database), write_concern),
-            feed: ReleaseFeed::new(closed.child_token()),
-            queues: LocalQueues::default(),
-            holds: tokio::sync::watch::channel(0).0,
+            shared: Arc::new(Shared::new(store)),
             client,
-            closed,
             locked: Mutex::default(),
         })
     }
 
     /// Creates the indexes now rather than before the first lock.
     pub async fn ensure_indexes(&self) -> Result<()> {
-        self.open()?;
-        self.store.ensure_indexes().await
+        self.shared.open()?;
+        self.shared.store.ensure_indexes().await
     }
 
     /// One attempt to lock `key`, as the original `lock()`: `DuplicateKey` when held.
     /// Without `lease` the lock never expires.
     pub async fn lock(&self, key: &LockKey, lease: Option<Duration>) -> Result<u64> {
-        self.open()?;
+        self.shared.open()?;
         let owner = uuid::Uuid::new_v4().simple().to_string();
-        let held = self.store.insert(key, &owner, lease).await?;
+        let held = self.shared.store.insert(key, &owner, lease).await?;
         self.locked().insert(key.identity(), owner);
         Ok(held.fencing_token)
     }
@@ -85,11 +75,13 @@ impl LockService {
     /// out and another caller took the key, this fails (`NotDeleted`) and leaves the
     /// other caller's lock alone. Any other lock is deleted whoever holds it.
     pub async fn unlock(&self, key: &LockKey, ids: &[ResourceId]) -> Result<()> {
-        self.open()?;
+        self.shared.open()?;
         let owner = self.locked().remove(&key.identity());
         let deleted = match owner {
-            Some(owner) => self.store.delete_owned(key, &owner).await? != store::Released::NotOurs,
-            None => self.store.delete_any(key).await?,
+            Some(owner) => {
+                self.shared.store.delete_owned(key, &owner).await? != store::Released::NotOurs
+            }
+            None => self.shared.store.delete_any(key).await?,
         };
         if deleted {
             Ok(())
@@ -103,46 +95,16 @@ impl LockService {
     }
 
     /// Waits for and takes the lock of `key`.
-    pub async fn acquire(
-        self: &Arc<Self>,
-        key: &LockKey,
-        options: &AcquireOptions,
-    ) -> Result<LockGuard> {
-        self.open()?;
-        acquire::acquire(self, key, options).await
+    pub async fn acquire(&self, key: &LockKey, options: &AcquireOptions) -> Result<LockGuard> {
+        self.shared.open()?;
+        acquire::acquire(&self.shared, key, options).await
     }
 
     /// Stops every waiter and holder, waits (up to `CLOSE_GRACE`) for the holders'
     /// locks to be released, then disconnects.
     pub async fn close(&self) {
-        self.closed.cancel();
-        let mut holds = self.holds.subscribe();
-        let _ = tokio::time::timeout(CLOSE_GRACE, holds.wait_for(|n| *n == 0)).await;
+        self.shared.close();
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.shared.no_holds()).await;
         self.client.clone().shutdown().immediate(true).await;
-    }
-
-    pub(crate) fn hold_started(&self) {
-        self.holds.send_modify(|n| *n += 1);
-    }
-
-    pub(crate) fn hold_ended(&self) {
-        self.holds.send_modify(|n| *n = n.saturating_sub(1));
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
-    }
-
-    /// Resolves when `close()` is called.
-    pub(crate) fn closed(&self) -> WaitForCancellationFuture<'_> {
-        self.closed.cancelled()
-    }
-
-    fn open(&self) -> Result<()> {
-        if self.closed.is_cancelled() {
-            Err(LockError::Closed)
-        } else {
-            Ok(())
-        }
     }
 }
