@@ -13,7 +13,8 @@
 //! (the lease surely ends no earlier than they meant), takers its lower end (the lease
 //! has surely passed), so the error of both estimates is covered, not guessed at.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mongodb::bson::{doc, DateTime};
@@ -25,9 +26,12 @@ use crate::error::Result;
 /// Assumed bound on how much any two clocks involved (ours, the server's, another
 /// client's) may differ in rate: 1000 ppm, ten times what ordinary quartz drifts.
 pub const MAX_DRIFT: f64 = 1e-3;
-/// A sample is refreshed when it is this old, so that drift adds at most
-/// `REFRESH_AFTER * MAX_DRIFT` (10 ms) to the error.
+/// A sample this old is refreshed in the background, so that drift adds little
+/// (`REFRESH_AFTER * MAX_DRIFT`, 10 ms) to the error; the old sample, still correct
+/// with its wider interval, serves meanwhile, so renewals never wait for a refresh.
 const REFRESH_AFTER: Duration = Duration::from_secs(10);
+/// A sample this old is not used at all: the caller waits for a new one.
+const MAX_AGE: Duration = Duration::from_secs(120);
 /// A sample whose round trip took longer than this is retried (up to `SAMPLES`
 /// times in all) and the tightest one kept; a slow one is still used, with its width.
 const SLOW_SAMPLE: Duration = Duration::from_millis(20);
@@ -85,17 +89,34 @@ fn ceil_millis(d: Duration) -> i64 {
 #[derive(Default)]
 pub struct ServerClock {
     sample: Mutex<Option<Sample>>,
+    refreshing: AtomicBool,
 }
 
 impl ServerClock {
-    /// The server's current time, measuring first when there is no recent sample.
-    pub async fn now(&self, db: &Database) -> Result<ServerTime> {
+    /// The server's current time, measuring first when there is no usable sample.
+    pub async fn now(self: &Arc<Self>, db: &Database) -> Result<ServerTime> {
         let cached = *self.sample.lock().unwrap_or_else(|e| e.into_inner());
         let sample = match cached {
             Some(sample) if sample.at.elapsed() < REFRESH_AFTER => sample,
+            Some(sample) if sample.at.elapsed() < MAX_AGE => {
+                self.refresh_in_background(db);
+                sample
+            }
             _ => self.measure(db).await?,
         };
         Ok(sample.at(Instant::now()))
+    }
+
+    fn refresh_in_background(self: &Arc<Self>, db: &Database) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (clock, db) = (self.clone(), db.clone());
+        tokio::spawn(async move {
+            // A failure leaves the old sample, and the next reading tries again.
+            let _ = clock.measure(&db).await;
+            clock.refreshing.store(false, Ordering::Release);
+        });
     }
 
     async fn measure(&self, db: &Database) -> Result<Sample> {

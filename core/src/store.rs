@@ -2,6 +2,7 @@
 //! about locks, so the queries that make the guarantees hold are all in this file.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
@@ -58,7 +59,7 @@ pub struct LockStore {
     locks: Collection<Document>,
     fences: Collection<Document>,
     indexes: OnceCell<()>,
-    clock: ServerClock,
+    clock: Arc<ServerClock>,
 }
 
 impl LockStore {
@@ -79,7 +80,7 @@ impl LockStore {
             locks,
             fences,
             indexes: OnceCell::new(),
-            clock: ServerClock::default(),
+            clock: Arc::default(),
         }
     }
 
