@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use mongodb::bson::{doc, Bson, Document};
+use mongodb::error::ErrorKind;
 use mongodb::Collection;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -122,8 +123,21 @@ impl ReleaseFeed {
     }
 }
 
+/// Marks the feed stopped when nobody listens; the next subscriber starts a new stream.
+/// Deciding under the lock keeps a subscriber from missing the restart.
+fn stop_if_unused(inner: &Inner) -> bool {
+    let mut running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
+    if inner.released.receiver_count() > 0 {
+        return false;
+    }
+    *running = Running::No;
+    inner.state.send_replace(FeedState::Starting);
+    true
+}
+
 /// Follows the stream until it has been idle for `IDLE_CLOSE`, or until the server
-/// refuses to open one.
+/// refuses to open one. A stream that cannot be opened because the server is out of
+/// reach (a restart, a failover) is tried again every `REOPEN_DELAY` while anyone waits.
 async fn follow(inner: &Inner, locks: Collection<Document>) {
     loop {
         let opened = locks
@@ -132,11 +146,19 @@ async fn follow(inner: &Inner, locks: Collection<Document>) {
             .await;
         let mut stream = match opened {
             Ok(stream) => stream,
-            Err(_) => {
+            Err(e) if matches!(*e.kind, ErrorKind::Command(_)) => {
                 let mut running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
                 *running = Running::RefusedAt(Instant::now());
                 inner.state.send_replace(FeedState::Unavailable);
                 return;
+            }
+            Err(_) => {
+                inner.state.send_replace(FeedState::Unavailable);
+                tokio::time::sleep(REOPEN_DELAY).await;
+                if stop_if_unused(inner) {
+                    return;
+                }
+                continue;
             }
         };
         inner.state.send_replace(FeedState::Live);
@@ -156,15 +178,8 @@ async fn follow(inner: &Inner, locks: Collection<Document>) {
             }
             if inner.released.receiver_count() > 0 {
                 last_listened = Instant::now();
-            } else if last_listened.elapsed() >= IDLE_CLOSE {
-                // Stop here; the next subscriber starts a new stream. Marking it not
-                // running under the lock keeps a subscriber from missing the restart.
-                let mut running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
-                if inner.released.receiver_count() == 0 {
-                    *running = Running::No;
-                    inner.state.send_replace(FeedState::Starting);
-                    return;
-                }
+            } else if last_listened.elapsed() >= IDLE_CLOSE && stop_if_unused(inner) {
+                return;
             }
         }
         inner.state.send_replace(FeedState::Unavailable);
