@@ -6,7 +6,8 @@
 // events (times in ms on performance.timeOrigin + performance.now()):
 //   { type: 'call',  call, slot, pid, impl: 'addon'|'original', at, waitTimeout }
 //   { type: 'hold',  call, at, token }            token: a decimal string, or null (original)
-//   { type: 'write', call, at, aborted, accepted } accepted: true, false (refused), null (unknown)
+//   { type: 'write', call, at, aborted, accepted, n } accepted: true, false (refused), null (unknown);
+//                                                 a refused read is one too, with op: 'read'
 //   { type: 'abort', call, at, reason }           the hold's context.signal aborted
 //   { type: 'end',   call, at, ok, error }
 // faults: { kind, slot, pid, start, end }; a 'pause' is the SIGSTOP..SIGCONT interval,
@@ -48,7 +49,13 @@ export function check (history) {
   holds.sort((a, b) => a.heldAt - b.heldAt)
   const violations = []
   const describe = (h) => `${h.impl} slot ${h.slot} pid ${h.pid} call ${h.call}${h.token ? ` token ${h.token}` : ''}`
-  const faultsNear = (from, to) => faults.filter((f) => f.start <= to && (f.end ?? f.start) + FAULT_WINDOW_MS >= from)
+  // The faults that may explain an overlap: those around it, and of those, the ones that
+  // hit either holder (or the server) if any did.
+  const faultsNear = (earlier, later) => {
+    const around = faults.filter((f) => f.start <= earlier.trustedEnd && (f.end ?? f.start) + FAULT_WINDOW_MS >= earlier.heldAt)
+    const direct = around.filter((f) => f.slot === earlier.slot || f.slot === later.slot)
+    return direct.length ? direct : around
+  }
 
   // Overlaps of trusted holds.
   const trusted = holds.filter((h) => h.trustedEnd !== undefined)
@@ -66,7 +73,7 @@ export function check (history) {
         fencedPairs.add(`${earlier.call} ${later.call}`)
         continue
       }
-      const near = faultsNear(earlier.heldAt, earlier.trustedEnd)
+      const near = faultsNear(earlier, later)
       overlaps.unsafe.push({ earlier, later, faults: near })
       violations.push({
         kind: 'unsafe overlap',
@@ -89,7 +96,22 @@ export function check (history) {
 
   // Lost updates.
   const lost = store.accepted - store.n
-  if (lost !== 0) violations.push({ kind: 'lost update', message: `the store accepted ${store.accepted} increments but counts ${store.n}` })
+  if (lost !== 0) {
+    // The evidence: accepted writes of the same value (both read the same n).
+    const byValue = new Map()
+    for (const hold of holds) {
+      for (const w of hold.writes) {
+        if (w.accepted !== true || w.n === undefined) continue
+        byValue.set(w.n, [...(byValue.get(w.n) ?? []), `${describe(hold)} at ${Math.round(w.at)}`])
+      }
+    }
+    const twice = [...byValue.entries()].filter(([, writers]) => writers.length > 1).slice(0, 5)
+    violations.push({
+      kind: 'lost update',
+      message: `the store accepted ${store.accepted} increments but counts ${store.n}` +
+        twice.map(([n, writers]) => `; n = ${n} written by ${writers.join(' and ')}`).join('')
+    })
+  }
   const recordedAccepted = holds.reduce((sum, h) => sum + h.writes.filter((w) => w.accepted === true).length, 0)
   const recordedUnknown = holds.reduce((sum, h) => sum + h.writes.filter((w) => w.accepted === null).length, 0)
   if (recordedAccepted > store.accepted || store.accepted > recordedAccepted + recordedUnknown) {
@@ -113,8 +135,8 @@ export function check (history) {
   const starved = slots.filter((slot) => !holds.some((h) => h.slot === slot))
   for (const slot of starved) violations.push({ kind: 'no turns', message: `slot ${slot} never held the lock` })
 
-  // Takeovers: a hold that began while another was still running its callback.
-  const takeovers = holds.filter((later) => holds.some((earlier) => earlier !== later && earlier.heldAt < later.heldAt && earlier.until > later.heldAt)).length
+  // Takeovers: holds during which somebody else began to hold (lease passed, or worse).
+  const takeovers = holds.filter((earlier) => holds.some((later) => later !== earlier && earlier.heldAt < later.heldAt && earlier.until > later.heldAt)).length
   const byKind = (list) => {
     const counts = {}
     for (const item of list) counts[item] = (counts[item] ?? 0) + 1
