@@ -21,7 +21,12 @@
 // Liveness: every call stops waiting within its waitTimeout plus `boundMs`, and every
 // worker slot gets turns.
 
-const FAULT_WINDOW_MS = 5_000
+/**
+ * How long after a fault it may still explain an overlap: a few seconds, but for a
+ * clock step as long as a wrong server-clock offset measured during it can last (it is
+ * refreshed every 30 s).
+ */
+const faultWindow = (fault) => fault.kind.startsWith('clock') ? 35_000 : 5_000
 
 export function check (history) {
   const { events, faults = [], store, slots = [], endedAt, boundMs = 5_000 } = history
@@ -49,12 +54,13 @@ export function check (history) {
   holds.sort((a, b) => a.heldAt - b.heldAt)
   const violations = []
   const describe = (h) => `${h.impl} slot ${h.slot} pid ${h.pid} call ${h.call}${h.token ? ` token ${h.token}` : ''}`
-  // The faults that may explain an overlap: those around it, and of those, the ones that
-  // hit either holder (or the server) if any did.
+  // The fault that most likely explains an overlap: the latest one around it that can
+  // make a holder overstay (any but a kill) or a taker come early (a clock step);
+  // else every one around it (a server restart, or none).
   const faultsNear = (earlier, later) => {
-    const around = faults.filter((f) => f.start <= earlier.trustedEnd && (f.end ?? f.start) + FAULT_WINDOW_MS >= earlier.heldAt)
-    const direct = around.filter((f) => f.slot === earlier.slot || f.slot === later.slot)
-    return direct.length ? direct : around
+    const around = faults.filter((f) => f.start <= earlier.trustedEnd && (f.end ?? f.start) + faultWindow(f) >= earlier.heldAt)
+    const direct = around.filter((f) => (f.slot === earlier.slot && f.kind !== 'kill') || (f.slot === later.slot && f.kind.startsWith('clock')))
+    return direct.length ? [direct.reduce((a, b) => (b.start > a.start ? b : a))] : around
   }
 
   // Overlaps of trusted holds.
