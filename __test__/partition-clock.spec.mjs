@@ -97,6 +97,38 @@ test.serial('a holder cut off from the server is told no later than its lease de
   t.true(abortedAt - frozenAt <= lease + 500, `A was told ${Math.round(abortedAt - frozenAt)} ms after the freeze (lease ${lease} ms)`)
 })
 
+test.serial('a caller cut off from the server still gives up at its waitTimeout, and at once when its signal aborts', async (t) => {
+  const { name } = await freshDatabase(t)
+  const proxy = await startProxy(new URL(url).port || 27017)
+  const caller = new ResourceLock({ url: throughProxy(url, proxy.port), databaseName: name })
+  t.teardown(async () => {
+    proxy.thaw()
+    await caller.close().catch(() => {})
+    await proxy.stop()
+  })
+  await caller.doWhileLocked(['warm-up'], () => {})
+  proxy.freeze()
+  const askedAt = now()
+  const ran = []
+  const outcome = (promise) => promise.then(() => ({ at: now(), resolved: true }), (error) => ({ at: now(), error }))
+  const timingOut = outcome(caller.doWhileLocked(['timing-out'], () => { ran.push('timing-out') }, { waitTimeout: 1_000 }))
+  const controller = new AbortController()
+  const aborting = outcome(caller.doWhileLocked(['aborting'], () => { ran.push('aborting') }, { waitTimeout: 60_000, signal: controller.signal }))
+  await sleep(500)
+  controller.abort()
+  const settledBeforeThaw = []
+  timingOut.then(() => settledBeforeThaw.push('timing-out'))
+  aborting.then(() => settledBeforeThaw.push('aborting'))
+  await sleep(3_500) // cut off for 4 s in all
+  const pending = ['timing-out', 'aborting'].filter((k) => !settledBeforeThaw.includes(k))
+  proxy.thaw()
+  const [timedOut, aborted] = await Promise.all([timingOut, aborting])
+  t.deepEqual(pending, [], `still waiting 4 s after asking (waitTimeout 1 s; signal aborted at 0.5 s): ${pending.join(', ')}`)
+  t.deepEqual(ran, [], 'a callback ran after its call should have given up')
+  t.is(timedOut.error?.message, 'Unable to establish lock.', `waitTimeout: ${timedOut.resolved ? `resolved after ${Math.round(timedOut.at - askedAt)} ms` : timedOut.error}`)
+  t.is(aborted.error?.name, 'AbortError', `signal: ${aborted.resolved ? `resolved after ${Math.round(aborted.at - askedAt)} ms` : aborted.error}`)
+})
+
 test.serial('a process whose wall clock steps 10 s ahead does not take over a lease that is being renewed', async (t) => {
   const clock = new FakeClock(0)
   t.teardown(() => clock.remove())
