@@ -1,5 +1,6 @@
 // The original's API and behaviour (../shared/UPSTREAM.md), point by point.
 import test from 'ava'
+import { ResourceLock as OriginalLock } from '@discue/mongodb-resource-client'
 import { MongoClient } from 'mongodb'
 import { ResourceLock, addonLock, deferred, freshDatabase, sleep, url } from './helpers.mjs'
 
@@ -110,6 +111,94 @@ test('waitTimeout: 250 against a 1 s holder rejects with Unable to establish loc
   const error = await t.throwsAsync(lock.doWhileLocked(['busy'], () => {}, { waitTimeout: 250 }))
   t.is(error.message, 'Unable to establish lock.')
   await holding
+})
+
+/** Both implementations on one fresh database; the addon's first call creates the unique index. */
+async function bothImplementations (t, name) {
+  const addon = addonLock(t, name)
+  await addon.doWhileLocked(['indexes'], () => {})
+  const original = new OriginalLock({ client: new MongoClient(url), databaseName: name })
+  t.teardown(() => original.close())
+  return { addon, original }
+}
+
+/**
+ * A minimal thenable that is not a Promise (as a Mongoose Query, a Knex builder or a
+ * Bluebird promise): it settles `ms` after `then` is called, as `await` calls it.
+ */
+function thenable (ms, { value, error }, onSettle) {
+  return {
+    then (resolve, reject) {
+      setTimeout(() => {
+        onSettle()
+        if (error) reject(error)
+        else resolve(value)
+      }, ms)
+    }
+  }
+}
+
+/** A returns a thenable that settles 300 ms later; B asks for the key while A holds it. */
+async function thenableOrder (lock, key, outcome) {
+  const events = []
+  const inside = deferred()
+  const first = lock.doWhileLocked([key], () => {
+    events.push('A start')
+    inside.resolve()
+    return thenable(300, outcome, () => events.push('A done'))
+  })
+  await inside.promise
+  const second = lock.doWhileLocked([key], () => { events.push('B start') }, { waitTimeout: 5_000 })
+  const [a, b] = await Promise.allSettled([first, second])
+  return { events, a, b }
+}
+
+test('a returned thenable is adopted as await does: the lock is held until it settles, and its value is the result', async (t) => {
+  const { name } = await freshDatabase(t)
+  const { addon, original } = await bothImplementations(t, name)
+  const value = { rows: 3 }
+  for (const [impl, lock] of [['original', original], ['addon', addon]]) {
+    const { events, a, b } = await thenableOrder(lock, `resolving-${impl}`, { value })
+    t.deepEqual(events, ['A start', 'A done', 'B start'], `${impl}: B ran before A's thenable settled`)
+    t.is(a.status, 'fulfilled', impl)
+    t.is(a.value, value, `${impl}: doWhileLocked resolves with what the thenable resolved with`)
+    t.is(b.status, 'fulfilled', impl)
+  }
+})
+
+test('a returned thenable that rejects: the lock is held until it settles, and its reason is the rejection', async (t) => {
+  const { name } = await freshDatabase(t)
+  const { addon, original } = await bothImplementations(t, name)
+  const error = new RangeError('query failed')
+  for (const [impl, lock] of [['original', original], ['addon', addon]]) {
+    const { events, a, b } = await thenableOrder(lock, `rejecting-${impl}`, { error })
+    t.deepEqual(events, ['A start', 'A done', 'B start'], `${impl}: B ran before A's thenable settled`)
+    t.is(a.status, 'rejected', impl)
+    t.is(a.reason, error, `${impl}: doWhileLocked rejects with what the thenable rejected with`)
+    t.is(b.status, 'fulfilled', impl)
+  }
+})
+
+test('waitTimeout bounds the wait behind a holder of the same process too; 0 is one attempt, as in the original', async (t) => {
+  const { name } = await freshDatabase(t)
+  const { addon, original } = await bothImplementations(t, name)
+  for (const [impl, lock] of [['original', original], ['addon', addon]]) {
+    for (const waitTimeout of [0, 200]) {
+      const key = `local-${impl}-${waitTimeout}`
+      const events = []
+      const inside = deferred()
+      const holding = lock.doWhileLocked([key], async () => {
+        inside.resolve()
+        await sleep(1_500)
+        events.push('holder done')
+      })
+      await inside.promise
+      const waiting = lock.doWhileLocked([key], () => { events.push('waiter ran') }, { waitTimeout })
+        .then(() => events.push('waiter resolved'), (error) => events.push(`waiter rejected: ${error.message}`))
+      await Promise.all([holding, waiting])
+      t.deepEqual(events, ['waiter rejected: Unable to establish lock.', 'holder done'], `${impl}, waitTimeout ${waitTimeout}`)
+    }
+  }
 })
 
 test('lockTimeout: 250 with a 1 s callback rejects with Lock interrupted by timeout', async (t) => {

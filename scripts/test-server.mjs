@@ -50,15 +50,19 @@ async function waitForPort (port, child, timeoutMs) {
  * Starts a server. `storagePath` keeps data on disk (with --sync-on-commit, so that
  * acknowledged writes survive a kill, as a journaled mongod's do); default: memory.
  * `standalone` starts it without replica-set features (no change streams).
+ * `binary`: another build of the server to run instead of the PyPI one.
  */
-export async function startServer ({ port, storagePath, standalone = false, quiet = true } = {}) {
-  installServer()
+export async function startServer ({ port, storagePath, standalone = false, quiet = true, binary } = {}) {
+  // Another build (e.g. `secantusd-rs` from PATH) gets only the flags all builds share.
+  const other = binary !== undefined && binary !== serverBinary
+  if (!other) installServer()
   port ??= await freePort()
-  const args = ['--host', '127.0.0.1', '--port', String(port), '--log-level', 'ERROR']
+  const args = ['--host', '127.0.0.1', '--port', String(port)]
+  if (!other) args.push('--log-level', 'ERROR')
   args.push('--storage-path', storagePath ?? ':memory:')
-  if (storagePath) args.push('--sync-on-commit')
+  if (storagePath && !other) args.push('--sync-on-commit')
   if (standalone) args.push('--standalone')
-  const child = spawn(serverBinary, args, { stdio: quiet ? 'ignore' : 'inherit' })
+  const child = spawn(other ? binary : serverBinary, args, { stdio: quiet ? 'ignore' : 'inherit' })
   await waitForPort(port, child, 30_000)
   return {
     port,

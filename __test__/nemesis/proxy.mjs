@@ -1,0 +1,46 @@
+// A TCP proxy process in front of the server (fixtures/tcp-proxy.mjs): freezing it with
+// SIGSTOP cuts off only the clients that connect through it (with directConnection=true,
+// or the driver would follow the server's advertised address around the proxy).
+import { spawn } from 'node:child_process'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'tcp-proxy.mjs')
+
+export async function startProxy (targetPort) {
+  const child = spawn(process.execPath, [fixture, String(targetPort)], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const port = await new Promise((resolve, reject) => {
+    let text = ''
+    const timer = setTimeout(() => reject(new Error('the proxy did not start within 10 s')), 10_000)
+    child.stdout.on('data', (chunk) => {
+      text += chunk
+      const match = /listening (\d+)/.exec(text)
+      if (match) { clearTimeout(timer); resolve(Number(match[1])) }
+    })
+    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`the proxy exited (${code})`)) })
+  })
+  let frozen = false
+  return {
+    port,
+    child,
+    freeze () { frozen = true; child.kill('SIGSTOP') },
+    thaw () { frozen = false; child.kill('SIGCONT') },
+    get frozen () { return frozen },
+    async stop () {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      child.kill('SIGCONT')
+      child.kill('SIGKILL')
+      await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 2_000))])
+    }
+  }
+}
+
+/** `url` (mongodb://127.0.0.1:PORT/...) rewritten to go through `proxyPort`, directly. */
+export function throughProxy (url, proxyPort) {
+  const parsed = new URL(url)
+  parsed.host = `127.0.0.1:${proxyPort}`
+  if (!parsed.pathname) parsed.pathname = '/'
+  parsed.searchParams.set('directConnection', 'true')
+  return parsed.toString()
+}

@@ -1,0 +1,227 @@
+// Faults around one holder: cut off from the server (a frozen TCP proxy), and wall
+// clocks that step or are skewed (libfaketime). Times are compared across processes on
+// performance.timeOrigin + performance.now(): the monotonic clock, which a wall-clock
+// step does not move. Serial: each test is a timeline.
+import { spawn } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import test from 'ava'
+import { FakeClock } from './nemesis/faketime.mjs'
+import { startProxy, throughProxy } from './nemesis/proxy.mjs'
+import { ResourceLock, addonLock, deferred, eventually, freshDatabase, sleep, url } from './helpers.mjs'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+const now = () => performance.timeOrigin + performance.now()
+
+/** fixtures/lock-worker.mjs in a process of its own (on a fake clock if `env` says so). */
+function lockWorker (t, databaseName, env = {}) {
+  const child = spawn(process.execPath, [path.join(here, 'fixtures', 'lock-worker.mjs'), databaseName], {
+    env: { ...process.env, MONGODB_URL: url, ...env },
+    stdio: ['pipe', 'pipe', 'inherit']
+  })
+  const waiting = new Map()
+  let next = 0
+  createInterface({ input: child.stdout }).on('line', (line) => {
+    const answer = JSON.parse(line)
+    waiting.get(answer.id)?.resolve(answer)
+    waiting.delete(answer.id)
+  })
+  child.once('exit', (code, signal) => {
+    for (const w of waiting.values()) w.reject(new Error(`lock worker exited (${code ?? signal})`))
+  })
+  t.teardown(() => child.kill('SIGKILL'))
+  return {
+    ask (command) {
+      const id = next++
+      return new Promise((resolve, reject) => {
+        waiting.set(id, { resolve, reject })
+        child.stdin.write(JSON.stringify({ id, ...command }) + '\n')
+      })
+    }
+  }
+}
+
+/** How far the worker's wall clock is ahead of ours, in ms (to within the round trip). */
+async function skewOf (worker) {
+  const { wallMs } = await worker.ask({ cmd: 'clock' })
+  return wallMs - Date.now()
+}
+
+/** Settles to { value } or { error }, never rejects. */
+const settled = (promise) => promise.then((value) => ({ value }), (error) => ({ error }))
+
+test.serial('a holder cut off from the server is told no later than its lease deadline, before anyone takes over', async (t) => {
+  const { name } = await freshDatabase(t)
+  const proxy = await startProxy(new URL(url).port || 27017)
+  const lease = 1_000
+  const holder = new ResourceLock({ url: throughProxy(url, proxy.port), databaseName: name })
+  t.teardown(async () => {
+    proxy.thaw()
+    await holder.close().catch(() => {})
+    await proxy.stop()
+  })
+  const taker = addonLock(t, name)
+  // Both connected and with a measured server clock before the timeline starts.
+  await holder.doWhileLocked(['warm-up'], () => {})
+  await taker.doWhileLocked(['warm-up'], () => {})
+
+  let heldAt
+  let abortedAt
+  const inside = deferred()
+  const letGo = deferred()
+  const holding = settled(holder.doWhileLocked(['cut-off'], async ({ signal }) => {
+    heldAt = now()
+    signal.addEventListener('abort', () => { abortedAt = now() })
+    inside.resolve()
+    await letGo.promise
+  }, { lease, lockTimeout: Infinity }))
+  await inside.promise
+  await sleep(400)
+  proxy.freeze()
+  const frozenAt = now()
+
+  let tookAt
+  const taken = await settled(taker.doWhileLocked(['cut-off'], () => { tookAt = now() }, { waitTimeout: 5_000 }))
+  t.is(taken.error, undefined, 'B took the key over once the cut-off holder\'s lease had passed')
+  // Give the holder's signal every chance: up to 2 s after B started.
+  await eventually(() => abortedAt !== undefined, 2_000)
+  letGo.resolve()
+  proxy.thaw()
+  await holding
+
+  t.log(`held at 0 ms, frozen at ${Math.round(frozenAt - heldAt)} ms, B took over at ${Math.round(tookAt - heldAt)} ms, A told at ${abortedAt === undefined ? 'never (2 s after B)' : `${Math.round(abortedAt - heldAt)} ms`}`)
+  t.not(abortedAt, undefined, `A's context.signal had not aborted ${Math.round(now() - tookAt)} ms after B took over the key`)
+  t.true(abortedAt <= tookAt, `A was told ${Math.round(abortedAt - tookAt)} ms after B took over`)
+  // Its last renewal was sent before the freeze, so its lease ends within `lease` of it.
+  t.true(abortedAt - frozenAt <= lease + 500, `A was told ${Math.round(abortedAt - frozenAt)} ms after the freeze (lease ${lease} ms)`)
+})
+
+test.serial('a caller cut off from the server still gives up at its waitTimeout, and at once when its signal aborts', async (t) => {
+  const { name } = await freshDatabase(t)
+  const proxy = await startProxy(new URL(url).port || 27017)
+  const caller = new ResourceLock({ url: throughProxy(url, proxy.port), databaseName: name })
+  t.teardown(async () => {
+    proxy.thaw()
+    await caller.close().catch(() => {})
+    await proxy.stop()
+  })
+  await caller.doWhileLocked(['warm-up'], () => {})
+  proxy.freeze()
+  const askedAt = now()
+  const ran = []
+  const outcome = (promise) => promise.then(() => ({ at: now(), resolved: true }), (error) => ({ at: now(), error }))
+  const timingOut = outcome(caller.doWhileLocked(['timing-out'], () => { ran.push('timing-out') }, { waitTimeout: 1_000 }))
+  const controller = new AbortController()
+  const aborting = outcome(caller.doWhileLocked(['aborting'], () => { ran.push('aborting') }, { waitTimeout: 60_000, signal: controller.signal }))
+  await sleep(500)
+  controller.abort()
+  const settledBeforeThaw = []
+  timingOut.then(() => settledBeforeThaw.push('timing-out'))
+  aborting.then(() => settledBeforeThaw.push('aborting'))
+  await sleep(3_500) // cut off for 4 s in all
+  const pending = ['timing-out', 'aborting'].filter((k) => !settledBeforeThaw.includes(k))
+  proxy.thaw()
+  const [timedOut, aborted] = await Promise.all([timingOut, aborting])
+  t.deepEqual(pending, [], `still waiting 4 s after asking (waitTimeout 1 s; signal aborted at 0.5 s): ${pending.join(', ')}`)
+  t.deepEqual(ran, [], 'a callback ran after its call should have given up')
+  t.is(timedOut.error?.message, 'Unable to establish lock.', `waitTimeout: ${timedOut.resolved ? `resolved after ${Math.round(timedOut.at - askedAt)} ms` : timedOut.error}`)
+  t.is(aborted.error?.name, 'AbortError', `signal: ${aborted.resolved ? `resolved after ${Math.round(aborted.at - askedAt)} ms` : aborted.error}`)
+})
+
+test.serial('a process whose wall clock steps 10 s ahead does not take over a lease that is being renewed', async (t) => {
+  const clock = new FakeClock(0)
+  t.teardown(() => clock.remove())
+  const { name } = await freshDatabase(t)
+  const holder = addonLock(t, name)
+  const stepped = lockWorker(t, name, clock.env())
+  await stepped.ask({ cmd: 'warm' }) // measures the server clock
+
+  let signal
+  const inside = deferred()
+  const letGo = deferred()
+  const holding = settled(holder.doWhileLocked(['stepped'], async (context) => {
+    signal = context.signal
+    inside.resolve()
+    await letGo.promise
+  }, { lease: 3_000, lockTimeout: Infinity })) // renewed every second
+  await inside.promise
+  clock.step(10)
+  const skew = await skewOf(stepped)
+  t.true(skew > 9_000, `libfaketime did not step the clock (${skew} ms)`)
+  await sleep(100)
+  const taken = await stepped.ask({ cmd: 'take', key: 'stepped', options: { waitTimeout: 1_500 } })
+  const abortedWhileB = signal.aborted
+  letGo.resolve()
+  const held = await holding
+
+  t.false(taken.took, `B ran its callback ${Math.round(taken.waitedMs)} ms after asking, while A held the key (A's signal aborted then: ${abortedWhileB})`)
+  t.is(taken.error, 'Unable to establish lock.')
+  t.false(abortedWhileB, 'A lost its lock')
+  t.is(held.error, undefined, `A's hold failed: ${held.error?.message}`)
+})
+
+test.serial('a holder whose wall clock steps 10 s back keeps its lease: nobody takes over while it holds', async (t) => {
+  const clock = new FakeClock(0)
+  t.teardown(() => clock.remove())
+  const { name, db } = await freshDatabase(t)
+  const taker = addonLock(t, name)
+  await taker.doWhileLocked(['warm-up'], () => {})
+  const stepped = lockWorker(t, name, clock.env())
+  await stepped.ask({ cmd: 'warm' })
+  const holding = stepped.ask({ cmd: 'take', key: 'back', options: { lease: 1_000, lockTimeout: 'Infinity' }, holdMs: 4_000 })
+  t.true(await eventually(async () => (await db.collection('_locks').countDocuments({ id: 'back' })) === 1), 'the stepped process did not take the key')
+  clock.step(-10) // its renewals now compute the server's time 10 s too early
+  const skew = await skewOf(stepped)
+  t.true(skew < -9_000, `libfaketime did not step the clock (${skew} ms)`)
+  const askedAt = now()
+  let tookAt
+  const taken = await settled(taker.doWhileLocked(['back'], () => { tookAt = now() }, { waitTimeout: 2_500 }))
+  const held = await holding
+
+  t.is(tookAt, undefined, `the taker ran its callback ${Math.round(tookAt - askedAt)} ms after asking, while the stepped process held the key (its hold: ${JSON.stringify(held)})`)
+  t.is(taken.error?.message, 'Unable to establish lock.')
+  t.true(held.took && held.error === undefined, `the stepped holder's hold failed: ${held.error}`)
+})
+
+// The README's promise: lease expiry is judged on the server's clock, so a client whose
+// clock is off by a constant neither takes over a live lease nor waits past an expired one.
+for (const skew of [3_600, -30]) {
+  test.serial(`a client whose wall clock is off by ${skew} s judges lease expiry on the server's clock`, async (t) => {
+    const clock = new FakeClock(skew)
+    t.teardown(() => clock.remove())
+    const { name } = await freshDatabase(t)
+    const holder = addonLock(t, name)
+    await holder.doWhileLocked(['warm-up'], () => {})
+    const skewed = lockWorker(t, name, clock.env())
+    await skewed.ask({ cmd: 'warm' })
+    const measured = await skewOf(skewed)
+    t.true(Math.abs(measured / 1_000 - skew) < 5, `libfaketime did not skew the clock (${measured} ms)`)
+
+    // A live lease, renewed: not taken over.
+    const inside = deferred()
+    const letGo = deferred()
+    const holding = settled(holder.doWhileLocked(['live'], async () => {
+      inside.resolve()
+      await letGo.promise
+    }, { lease: 1_000, lockTimeout: Infinity }))
+    await inside.promise
+    const live = await skewed.ask({ cmd: 'take', key: 'live', options: { waitTimeout: 2_500 } })
+    letGo.resolve()
+    t.false(live.took, `took over a live lease after ${Math.round(live.waitedMs)} ms`)
+    t.is(live.error, 'Unable to establish lock.')
+    t.is((await holding).error, undefined)
+
+    // A lease nobody renews: taken over once it has passed, not long after.
+    const lease = 1_500
+    const lockedAt = performance.now()
+    await holder.lock(['expiring'], { lease })
+    const askedAfter = performance.now() - lockedAt
+    const expiring = await skewed.ask({ cmd: 'take', key: 'expiring', options: { waitTimeout: 8_000 } })
+    t.true(expiring.took, `never took over the expired lease: ${expiring.error}`)
+    const takenAfter = askedAfter + expiring.waitedMs // from before the lock was written
+    t.log(`skew ${skew} s: expired lease of ${lease} ms taken over ${Math.round(takenAfter)} ms after it was written`)
+    t.true(takenAfter >= lease - 200, `took over ${Math.round(takenAfter)} ms after a ${lease} ms lease was written`)
+    t.true(takenAfter <= lease + 2_500, `waited ${Math.round(takenAfter)} ms for a ${lease} ms lease`)
+  })
+}
