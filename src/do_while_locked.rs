@@ -2,20 +2,18 @@
 //! callback while holding it, release it; all timing in Rust on tokio.
 
 use lock_core::{ids_to_string, AcquireOptions, HoldOptions, LockError};
-use napi::bindgen_prelude::{
-    FnArgs, FromNapiValue, Function, FunctionCallContext, FunctionRef, JsObjectValue, Object,
-    PromiseRaw,
-};
+use napi::bindgen_prelude::{FromNapiValue, Function, FunctionCallContext, PromiseRaw};
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{sys, Env, JsValue, Status, Unknown, ValueType};
 use napi_derive::napi;
-use tokio_util::sync::CancellationToken;
 
+use crate::abort_signal::{self, Followed, Unfollow};
 use crate::connection::Connection;
 use crate::lock_context::{ContextSignal, LockContext};
 use crate::options;
+use crate::promise::{self, Failure};
 use crate::resource_ids::{self, describe, ResourceIds};
-use crate::resource_lock::{Failure, ResourceLock};
+use crate::resource_lock::ResourceLock;
 use crate::retained_value::RetainedValue;
 use crate::returned::Returned;
 
@@ -24,14 +22,11 @@ use crate::returned::Returned;
 /// until it ends.
 type Callback = ThreadsafeFunction<LockContext, Returned, LockContext, Status, false>;
 
-/// `signal.addEventListener('abort', listener, { once: true })`.
-type AddEventListener<'env> =
-    Function<'env, FnArgs<(&'static str, Function<'env, (), ()>, Object<'env>)>, Unknown<'env>>;
-
 struct Prepared {
     ids: ResourceIds,
     callback: Callback,
     acquire: AcquireOptions,
+    followed: Followed,
 }
 
 #[napi]
@@ -54,18 +49,19 @@ impl ResourceLock {
         callback: Unknown<'env>,
         options: Option<Unknown<'env>>,
     ) -> napi::Result<PromiseRaw<'env, RetainedValue>> {
-        let (prepared, stop_following) = match prepare(env, resource_ids, callback, options) {
-            Ok((prepared, stop)) => (Ok(prepared), stop),
+        let (prepared, unfollow) = match prepare(env, resource_ids, callback, options) {
+            Ok((prepared, unfollow)) => (Ok(prepared), unfollow),
             Err(e) => (Err(e), None),
         };
         let connection = self.connection.clone();
-        self.run_then(
+        promise::settle(
             env,
+            &self.connection,
             async move { hold(connection, prepared?).await },
             |_, value| Ok(value),
             move |env| {
-                if let Some(remove) = stop_following.and_then(|f| f.borrow_back(env).ok()) {
-                    let _ = remove.call(());
+                if let Some(unfollow) = unfollow {
+                    unfollow.call(env);
                 }
             },
         )
@@ -77,7 +73,7 @@ fn prepare(
     resource_ids: Unknown<'_>,
     callback: Unknown<'_>,
     options: Option<Unknown<'_>>,
-) -> Result<(Prepared, Option<StopFollowing>), LockError> {
+) -> Result<(Prepared, Option<Unfollow>), LockError> {
     let ids = resource_ids::parse(resource_ids)?;
     if callback.get_type().ok() != Some(ValueType::Function) {
         return Err(LockError::type_error(format!(
@@ -86,12 +82,7 @@ fn prepare(
         )));
     }
     let hold = options::hold_options(options)?;
-    let cancel = CancellationToken::new();
-    let stop_following = match &hold.signal {
-        Some(signal) => follow_signal(env, signal, &cancel)
-            .map_err(|_| LockError::type_error("options.signal must be an AbortSignal"))?,
-        None => None,
-    };
+    let (followed, unfollow) = abort_signal::follow(env, hold.signal.as_ref())?;
     let callback = gated(env, callback)
         .and_then(|gate| gate.build_threadsafe_function::<LockContext>().build())
         .map_err(|_| LockError::type_error("callback must be a function"))?;
@@ -105,10 +96,11 @@ fn prepare(
                 lock_timeout: hold.lock_timeout,
                 lease: hold.lease,
             },
-            cancel,
+            cancel: followed.cancel.clone(),
         },
+        followed,
     };
-    Ok((prepared, stop_following))
+    Ok((prepared, unfollow))
 }
 
 /// The callback behind a gate that calls it only with a context: the context is built
@@ -157,48 +149,6 @@ fn gated<'env>(
     unsafe { Function::from_napi_value(env.raw(), gate.raw()) }
 }
 
-/// `signal.removeEventListener('abort', listener)`, bound, to call when the call
-/// settles, so that a long-lived signal passed to many calls does not collect one
-/// listener per call. A `FunctionRef` may be dropped on any thread.
-type StopFollowing = FunctionRef<(), Unknown<'static>>;
-
-/// `Function.prototype.bind` of `removeEventListener`, given `(signal, 'abort', listener)`.
-type BindListener<'env> = Function<
-    'env,
-    FnArgs<(Object<'env>, &'static str, Function<'env, (), ()>)>,
-    Function<'env, (), Unknown<'env>>,
->;
-
-/// Cancels `cancel` when the caller's `AbortSignal` aborts (or already has).
-fn follow_signal(
-    env: &Env,
-    signal: &Object<'_>,
-    cancel: &CancellationToken,
-) -> napi::Result<Option<StopFollowing>> {
-    if signal.get_named_property::<bool>("aborted")? {
-        cancel.cancel();
-        return Ok(None);
-    }
-    let token = cancel.clone();
-    let listener = env.create_function_from_closure::<(), (), _>("onAbort", move |_| {
-        token.cancel();
-        Ok(())
-    })?;
-    let mut once = Object::new(env)?;
-    once.set_named_property("once", true)?;
-    let add: AddEventListener = signal.get_named_property("addEventListener")?;
-    add.apply(signal, FnArgs::from(("abort", listener, once)))?;
-    // A function, read as the object it also is, to reach its `bind`.
-    let remove: Object = unsafe {
-        signal
-            .get_named_property::<Unknown>("removeEventListener")?
-            .cast()?
-    };
-    let bind: BindListener = remove.get_named_property("bind")?;
-    let bound = bind.apply(remove, FnArgs::from((*signal, "abort", listener)))?;
-    Ok(Some(bound.create_ref()?))
-}
-
 async fn hold(
     connection: std::sync::Arc<Connection>,
     prepared: Prepared,
@@ -207,9 +157,13 @@ async fn hold(
         ids,
         callback,
         acquire,
+        followed,
     } = prepared;
     let service = connection.service().await?;
-    let guard = service.acquire(&ids.key, &acquire).await?;
+    let guard = service
+        .acquire(&ids.key, &acquire)
+        .await
+        .map_err(|e| followed.failure(e))?;
 
     let signal = ContextSignal::new();
     let gate = guard.gate();

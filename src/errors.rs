@@ -31,6 +31,28 @@ pub fn to_napi(env: &Env, error: LockError, secrets: &[String]) -> napi::Error {
     }
 }
 
+/// The `AbortError` of a call whose signal aborted, with the signal's reason as its
+/// `cause`, as Node's own APIs do.
+pub fn aborted(env: &Env, cause: Option<napi::Error>) -> napi::Error {
+    let with_cause = build(env, &LockError::Aborted, &[]).and_then(|error| {
+        let mut object: Object = unsafe { error.cast()? };
+        if let Some(cause) = cause {
+            let cause = unsafe {
+                Unknown::from_raw_unchecked(
+                    env.raw(),
+                    napi::Error::to_napi_value(env.raw(), cause)?,
+                )
+            };
+            object.set_named_property("cause", cause)?;
+        }
+        Ok(object.to_unknown())
+    });
+    match with_cause {
+        Ok(js) => napi::Error::from(js),
+        Err(fallback) => fallback,
+    }
+}
+
 fn build<'env>(
     env: &'env Env,
     error: &LockError,

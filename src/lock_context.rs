@@ -18,7 +18,8 @@ use napi::{sys, Env, Status, Unknown};
 
 use crate::errors;
 
-type AbortFn = ThreadsafeFunction<LockError, UnknownReturnValue, napi::Error, Status, false, true>;
+pub type AbortFn =
+    ThreadsafeFunction<LockError, UnknownReturnValue, napi::Error, Status, false, true>;
 
 enum State {
     /// The callback has not been handed its context yet.
@@ -74,6 +75,44 @@ impl ContextSignal {
     }
 }
 
+/// A new `AbortController`.
+pub struct Controller<'env>(Object<'env>);
+
+impl<'env> Controller<'env> {
+    pub fn new(env: &'env Env) -> napi::Result<Self> {
+        let class: Function<(), Unknown> =
+            env.get_global()?.get_named_property("AbortController")?;
+        Ok(Controller(unsafe { class.new_instance(())?.cast()? }))
+    }
+
+    pub fn signal(&self) -> napi::Result<Unknown<'env>> {
+        self.0.get_named_property("signal")
+    }
+
+    fn abort(&self) -> napi::Result<Function<'env, napi::Error, UnknownReturnValue>> {
+        self.0.get_named_property("abort")
+    }
+
+    /// Aborts now, with the JavaScript form of `why` as the reason.
+    pub fn abort_now(&self, env: &Env, why: LockError) -> napi::Result<()> {
+        self.abort()?
+            .apply(self.0, errors::to_napi(env, why, &[]))?;
+        Ok(())
+    }
+
+    /// `abort`, callable from any thread with the reason as a `LockError`. Weak: a
+    /// signal nobody waits on does not keep the process alive.
+    pub fn abort_from_any_thread(&self) -> napi::Result<AbortFn> {
+        self.abort()?
+            .bind(self.0)?
+            .build_threadsafe_function::<LockError>()
+            .weak::<true>()
+            .build_callback(|ctx: ThreadsafeCallContext<LockError>| {
+                Ok(errors::to_napi(&ctx.env, ctx.value, &[]))
+            })
+    }
+}
+
 pub struct LockContext {
     pub key: LockKey,
     pub fencing_token: u64,
@@ -87,29 +126,17 @@ impl ToNapiValue for LockContext {
         if !value.gate.enter() {
             return napi::bindgen_prelude::Undefined::to_napi_value(raw_env, ());
         }
-        let global = env.get_global()?;
-        let controller_class: Function<(), Unknown> =
-            global.get_named_property("AbortController")?;
-        let controller: Object = controller_class.new_instance(())?.cast()?;
-        let signal: Unknown = controller.get_named_property("signal")?;
-        let abort: Function<napi::Error, UnknownReturnValue> =
-            controller.get_named_property("abort")?;
-        let abort = abort.bind(controller)?;
+        let controller = Controller::new(&env)?;
         {
             let mut state = value.signal.state();
             if let State::Lost(why) = std::mem::replace(&mut *state, State::Pending) {
-                abort.call(errors::to_napi(&env, why, &[]))?;
+                controller.abort_now(&env, why)?;
                 *state = State::Aborted;
             } else {
-                let abort = abort
-                    .build_threadsafe_function::<LockError>()
-                    .weak::<true>()
-                    .build_callback(|ctx: ThreadsafeCallContext<LockError>| {
-                        Ok(errors::to_napi(&ctx.env, ctx.value, &[]))
-                    })?;
-                *state = State::Delivered(Arc::new(abort));
+                *state = State::Delivered(Arc::new(controller.abort_from_any_thread()?));
             }
         }
+        let signal = controller.signal()?;
 
         let mut context = Object::new(&env)?;
         match value.key {

@@ -8,6 +8,7 @@ use lock_core::LockError;
 use napi::bindgen_prelude::{JsObjectValue, Object};
 use napi::{Unknown, ValueType};
 
+use crate::abort_signal;
 use crate::resource_ids::describe;
 
 /// `doWhileLocked`'s options.
@@ -47,26 +48,38 @@ fn not_object(name: &str, value: Unknown<'_>) -> LockError {
     LockError::type_error(format!("{name} must be an object, got {}", describe(value)))
 }
 
+/// `doWhileLocked`'s options.
 pub fn hold_options<'env>(value: Option<Unknown<'env>>) -> Result<HoldOptions<'env>, LockError> {
     let options = options_object(value, "options")?;
     let o = options.as_ref();
     let lock_timeout = millis(o, "lockTimeout", DEFAULT_LOCK_TIMEOUT, true)?;
+    let renewed = Duration::from_millis(DEFAULT_RENEWED_LEASE as u64);
+    wait_options(
+        o,
+        lock_timeout,
+        lease(o)?.unwrap_or(lock_timeout.unwrap_or(renewed)),
+    )
+}
+
+/// `acquire`'s and `tryAcquire`'s options: those of `doWhileLocked` without
+/// `lockTimeout` (a handle is held until it is released).
+pub fn handle_options<'env>(value: Option<Unknown<'env>>) -> Result<HoldOptions<'env>, LockError> {
+    let options = options_object(value, "options")?;
+    let o = options.as_ref();
+    let renewed = Duration::from_millis(DEFAULT_RENEWED_LEASE as u64);
+    wait_options(o, None, lease(o)?.unwrap_or(renewed))
+}
+
+fn wait_options<'env>(
+    o: Option<&Object<'env>>,
+    lock_timeout: Option<Duration>,
+    lease: Duration,
+) -> Result<HoldOptions<'env>, LockError> {
     let wait_timeout = millis(o, "waitTimeout", DEFAULT_WAIT_TIMEOUT, true)?;
     let retry_interval = millis(o, "retryInterval", DEFAULT_RETRY_INTERVAL, false)?;
-    let lease = match field(o, "lease")? {
-        None => lock_timeout.unwrap_or(Duration::from_millis(DEFAULT_RENEWED_LEASE as u64)),
-        Some(_) => match millis(o, "lease", 0.0, false)? {
-            Some(lease) if !lease.is_zero() => lease,
-            _ => {
-                return Err(LockError::range_error(
-                    "options.lease must be a finite number of milliseconds greater than 0",
-                ))
-            }
-        },
-    };
     let signal = match field(o, "signal")? {
         None => None,
-        Some(signal) => Some(abort_signal(signal)?),
+        Some(signal) => Some(abort_signal::check(signal)?),
     };
     Ok(HoldOptions {
         lock_timeout,
@@ -81,15 +94,35 @@ pub fn hold_options<'env>(value: Option<Unknown<'env>>) -> Result<HoldOptions<'e
 /// `lock(ids, { lease })`: `None` means a lock that never expires, as in the original.
 pub fn lock_lease(value: Option<Unknown<'_>>) -> Result<Option<Duration>, LockError> {
     let options = options_object(value, "options")?;
-    match field(options.as_ref(), "lease")? {
+    lease(options.as_ref())
+}
+
+/// `options.lease`, if given: a finite number of milliseconds greater than 0.
+fn lease(o: Option<&Object<'_>>) -> Result<Option<Duration>, LockError> {
+    match field(o, "lease")? {
         None => Ok(None),
-        Some(_) => match millis(options.as_ref(), "lease", 0.0, false)? {
-            Some(lease) if !lease.is_zero() => Ok(Some(lease)),
-            _ => Err(LockError::range_error(
-                "options.lease must be a finite number of milliseconds greater than 0",
-            )),
-        },
+        Some(value) => lease_millis(value, "options.lease").map(Some),
     }
+}
+
+/// A lease given as a number of milliseconds: finite and greater than 0; `name` is
+/// what the error calls it.
+pub fn lease_millis(value: Unknown<'_>, name: &str) -> Result<Duration, LockError> {
+    if value.get_type().ok() != Some(ValueType::Number) {
+        return Err(LockError::type_error(format!(
+            "{name} must be a number, got {}",
+            describe(value)
+        )));
+    }
+    let ms: f64 = unsafe { value.cast() }
+        .map_err(|_| LockError::type_error(format!("{name} must be a number")))?;
+    if !(ms.is_finite() && ms > 0.0 && ms <= LONGEST) {
+        return Err(LockError::range_error(format!(
+            "{name} must be a finite number of milliseconds greater than 0, got {}",
+            lock_core::js_number_to_string(ms)
+        )));
+    }
+    Ok(Duration::from_micros((ms * 1000.0) as u64))
 }
 
 /// A number of milliseconds: `None` for `Infinity` where `infinite_ok`.
@@ -144,29 +177,6 @@ pub fn field<'env>(
         Ok(ValueType::Undefined) => None,
         _ => Some(value),
     })
-}
-
-fn abort_signal(value: Unknown<'_>) -> Result<Object<'_>, LockError> {
-    let bad = || {
-        LockError::type_error(format!(
-            "options.signal must be an AbortSignal, got {}",
-            describe(value)
-        ))
-    };
-    if value.get_type().ok() != Some(ValueType::Object) {
-        return Err(bad());
-    }
-    let object: Object = unsafe { value.cast() }.map_err(|_| bad())?;
-    let aborted: Unknown = object.get_named_property("aborted").map_err(|_| bad())?;
-    let listen: Unknown = object
-        .get_named_property("addEventListener")
-        .map_err(|_| bad())?;
-    if aborted.get_type().ok() != Some(ValueType::Boolean)
-        || listen.get_type().ok() != Some(ValueType::Function)
-    {
-        return Err(bad());
-    }
-    Ok(object)
 }
 
 /// A string option, or `None`.

@@ -13,18 +13,7 @@ use crate::connection::{Connection, Source};
 use crate::errors;
 use crate::node_client::{self, CloseClient};
 use crate::options;
-
-/// A failure of an operation: ours, or exactly what the caller's callback threw.
-pub enum Failure {
-    Lock(LockError),
-    Js(napi::Error),
-}
-
-impl From<LockError> for Failure {
-    fn from(error: LockError) -> Self {
-        Failure::Lock(error)
-    }
-}
+use crate::promise::{self, Failure};
 
 /// Creates lock documents in the `_locks` collection and runs functions while holding
 /// a lock. A drop-in replacement for `ResourceLock` of `@discue/mongodb-resource-client`.
@@ -99,8 +88,7 @@ impl ResourceLock {
         })
     }
 
-    /// Runs `work` on the tokio runtime and settles the returned promise on the JS
-    /// thread, where failures become JavaScript errors (`errors.rs`).
+    /// Runs `work` on the tokio runtime and settles the returned promise (`promise.rs`).
     pub(crate) fn run<'env, T, V, F, C>(
         &self,
         env: &'env Env,
@@ -113,34 +101,7 @@ impl ResourceLock {
         F: Future<Output = Result<T, Failure>> + Send + 'static,
         C: FnOnce(&'env Env, T) -> napi::Result<V> + 'static,
     {
-        self.run_then(env, work, convert, |_| {})
-    }
-
-    /// `run`, with `settled` called on the JS thread just before the promise settles,
-    /// whatever the outcome.
-    pub(crate) fn run_then<'env, T, V, F, C, S>(
-        &self,
-        env: &'env Env,
-        work: F,
-        convert: C,
-        settled: S,
-    ) -> napi::Result<PromiseRaw<'env, V>>
-    where
-        T: Send + 'static,
-        V: ToNapiValue,
-        F: Future<Output = Result<T, Failure>> + Send + 'static,
-        C: FnOnce(&'env Env, T) -> napi::Result<V> + 'static,
-        S: FnOnce(&'env Env) + 'static,
-    {
-        let connection = self.connection.clone();
-        env.spawn_future_with_callback(async move { Ok(work.await) }, move |env, outcome| {
-            settled(env);
-            match outcome {
-                Ok(value) => convert(env, value),
-                Err(Failure::Lock(error)) => Err(errors::to_napi(env, error, &connection.secrets)),
-                Err(Failure::Js(error)) => Err(error),
-            }
-        })
+        promise::settle(env, &self.connection, work, convert, |_| {})
     }
 }
 
