@@ -55,6 +55,39 @@ export interface DoWhileLockedOptions {
   signal?: AbortSignal
 }
 
+/** `acquire`'s options: those of `doWhileLocked` but `lockTimeout` (a handle is held until released). */
+export interface AcquireOptions {
+  /** Longest wait for the lock in ms (may be `Infinity`). Default 5 000. */
+  waitTimeout?: number
+  /** Longest pause between two attempts in ms when no release is announced. Default 125. */
+  retryInterval?: number
+  /** Lease in ms, renewed while the handle is held. Default 30 000. */
+  lease?: number
+  /** Aborting it while waiting rejects with an `AbortError` whose `cause` is the signal's reason. */
+  signal?: AbortSignal
+}
+
+/** `tryAcquire`'s options: one attempt, so no wait to configure. */
+export interface TryAcquireOptions {
+  /** Lease in ms, renewed while the handle is held. Default 30 000. */
+  lease?: number
+  /** An already aborted signal rejects with an `AbortError`. */
+  signal?: AbortSignal
+}
+
+/**
+ * A held lock (`acquire`, `tryAcquire`). Release it with `release()`, or hold it in an
+ * `await using` declaration to release it when the block ends.
+ */
+export interface LockHandle extends AsyncDisposable {
+  /** The lock key (`'a#b'` or the single id). */
+  readonly key: string | number
+  /** Strictly increases with every acquisition of the key: pass it to the store you write to. */
+  readonly fencingToken: bigint
+  /** Aborted, with the reason, when the lock is lost (not when it is released). */
+  readonly signal: AbortSignal
+}
+
 /** The argument of the `doWhileLocked` callback. */
 export interface LockContext {
   /** The lock key (`'a#b'` or the single id). */
@@ -73,11 +106,34 @@ export interface LockContext {
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** A held lock. Made by `ResourceLock.acquire` and `tryAcquire`, not by `new`. */
+export declare class LockHandle {
+  /**
+   * Releases the lock (hands it to the next waiter of this process, if any).
+   * Resolves `true` when this call released it, `false` when it had been released
+   * already or was lost. Never deletes a lock that is not this handle's.
+   */
+  release(): Promise<boolean>
+  /**
+   * Writes a lease of `lease` ms from now and keeps renewing with it. Rejects with
+   * `ERR_LOCK_LOST` when the lock is no longer held (lost or released).
+   */
+  extend(lease: number): Promise<void>
+}
+
 /**
  * Creates lock documents in the `_locks` collection and runs functions while holding
  * a lock. A drop-in replacement for `ResourceLock` of `@discue/mongodb-resource-client`.
  */
 export declare class ResourceLock {
+  /**
+   * Waits up to `waitTimeout` for the lock of `resourceIds` (like `doWhileLocked`:
+   * same queue, fairness, hand-over, leases and fencing) and resolves a
+   * `LockHandle`, held until `release()` (or the end of an `await using` block).
+   * Rejects with `Error('Unable to establish lock.')` (`ERR_LOCK_WAIT_TIMEOUT`) when
+   * the wait ends, with an `AbortError` when `options.signal` aborts.
+   */
+  acquire(resourceIds: ResourceIds, options?: AcquireOptions): Promise<LockHandle>
   /**
    * Stops every wait (rejecting it) and every hold (aborting its signal and
    * releasing its lock), closes the addon's connection and then the `MongoClient`
@@ -108,6 +164,13 @@ export declare class ResourceLock {
    * else the client's default database, else `test`.
    */
   constructor(options: ResourceLockOptions)
+  /**
+   * One attempt to take the lock of `resourceIds`: resolves a `LockHandle`, or
+   * `null` when the key is held (by another process, or by a caller of this one:
+   * it never waits in the local queue). A lock whose lease has passed is taken
+   * over. Only failures other than "held" reject.
+   */
+  tryAcquire(resourceIds: ResourceIds, options?: TryAcquireOptions): Promise<LockHandle | null>
   /**
    * Deletes the lock document of `resourceIds`. Rejects with
    * `Error('Was not able to delete <ids>.')` when there is none.

@@ -3,16 +3,21 @@
 
 #![deny(clippy::all)]
 
+mod abort_signal;
+mod acquire;
 mod close;
 mod connection;
 mod do_while_locked;
 mod errors;
 mod lock;
 mod lock_context;
+mod lock_handle;
 mod node_client;
 mod options;
+mod promise;
 mod resource_ids;
 mod resource_lock;
 mod retained_value;
 mod returned;
+mod try_acquire;
 mod unlock;

@@ -55,6 +55,39 @@ export interface DoWhileLockedOptions {
   signal?: AbortSignal
 }
 
+/** `acquire`'s options: those of `doWhileLocked` but `lockTimeout` (a handle is held until released). */
+export interface AcquireOptions {
+  /** Longest wait for the lock in ms (may be `Infinity`). Default 5 000. */
+  waitTimeout?: number
+  /** Longest pause between two attempts in ms when no release is announced. Default 125. */
+  retryInterval?: number
+  /** Lease in ms, renewed while the handle is held. Default 30 000. */
+  lease?: number
+  /** Aborting it while waiting rejects with an `AbortError` whose `cause` is the signal's reason. */
+  signal?: AbortSignal
+}
+
+/** `tryAcquire`'s options: one attempt, so no wait to configure. */
+export interface TryAcquireOptions {
+  /** Lease in ms, renewed while the handle is held. Default 30 000. */
+  lease?: number
+  /** An already aborted signal rejects with an `AbortError`. */
+  signal?: AbortSignal
+}
+
+/**
+ * A held lock (`acquire`, `tryAcquire`). Release it with `release()`, or hold it in an
+ * `await using` declaration to release it when the block ends.
+ */
+export interface LockHandle extends AsyncDisposable {
+  /** The lock key (`'a#b'` or the single id). */
+  readonly key: string | number
+  /** Strictly increases with every acquisition of the key: pass it to the store you write to. */
+  readonly fencingToken: bigint
+  /** Aborted, with the reason, when the lock is lost (not when it is released). */
+  readonly signal: AbortSignal
+}
+
 /** The argument of the `doWhileLocked` callback. */
 export interface LockContext {
   /** The lock key (`'a#b'` or the single id). */

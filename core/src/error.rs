@@ -36,9 +36,14 @@ pub enum LockError {
     #[error("Lock interrupted by timeout")]
     LockTimeout,
 
-    /// The lease could not be renewed or the lock was taken over.
+    /// The lease could not be renewed or the lock was taken over; `cause` is the
+    /// failure that kept the lease from being renewed, if any.
     #[error("Lock interrupted: {reason}")]
-    LockLost { reason: String },
+    LockLost {
+        reason: String,
+        #[source]
+        cause: Option<Box<LockError>>,
+    },
 
     /// The caller's `AbortSignal` fired while waiting.
     #[error("The operation was aborted")]
@@ -73,6 +78,14 @@ impl LockError {
     pub fn lost(reason: impl Into<String>) -> Self {
         LockError::LockLost {
             reason: reason.into(),
+            cause: None,
+        }
+    }
+
+    pub fn lost_because(reason: impl Into<String>, cause: LockError) -> Self {
+        LockError::LockLost {
+            reason: reason.into(),
+            cause: Some(Box::new(cause)),
         }
     }
 

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -108,6 +108,7 @@ pub struct LockGuard {
     loss: Loss,
     gate: WorkGate,
     stop: CancellationToken,
+    extends: mpsc::UnboundedSender<Extend>,
     released: bool,
 }
 
@@ -128,13 +129,19 @@ impl LockGuard {
             lost: loss.lost.clone(),
             started: Arc::new(watch::channel(None).0),
         };
+        let (extends, extend_requests) = mpsc::unbounded_channel();
         let keeper = Keeper {
-            service: service.clone(),
+            shared: service.clone(),
             key: key.clone(),
             owner: held.owner.clone(),
             options,
             valid_until: held.sent_at + trusted(options.lease),
             started: gate.started.subscribe(),
+            extends: extend_requests,
+            renewal: None,
+            replies: (Vec::new(), Vec::new()),
+            next_renewal: held.sent_at + (options.lease / 3).max(Duration::from_millis(1)),
+            last_error: None,
         };
         let stop = CancellationToken::new();
         let on_loss = loss.clone();
@@ -148,6 +155,7 @@ impl LockGuard {
             loss,
             gate,
             stop,
+            extends,
             released: false,
         }
     }
@@ -165,6 +173,34 @@ impl LockGuard {
     pub async fn lost(&self) -> LockError {
         self.loss.lost.cancelled().await;
         self.loss.reason()
+    }
+
+    /// Resolves with the reason when the lock is lost, or with `None` when it is
+    /// released (or the guard dropped) first. Owns what it needs, so it can outlive
+    /// the guard without keeping it alive.
+    pub fn lost_or_released(&self) -> impl Future<Output = Option<LockError>> + Send + 'static {
+        let (loss, stop) = (self.loss.clone(), self.stop.clone());
+        async move {
+            tokio::select! {
+                biased;
+                _ = loss.lost.cancelled() => Some(loss.reason()),
+                _ = stop.cancelled() => None,
+            }
+        }
+    }
+
+    /// Writes a lease of `lease` from now, and keeps renewing with it. Fails with
+    /// the reason when the lock is lost, or with the driver's error when the write
+    /// failed (the lock is then still held until its current lease ends).
+    pub async fn extend(&self, lease: Duration) -> Result<()> {
+        let (reply, replied) = oneshot::channel();
+        if self.extends.send(Extend { lease, reply }).is_err() {
+            return Err(self.loss.reason());
+        }
+        match replied.await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(self.loss.reason()),
+        }
     }
 
     /// Releases the lock: hands it to the next waiter of this process when there is
@@ -235,14 +271,23 @@ async fn release(
 }
 
 type Renewal = Pin<Box<dyn Future<Output = (Instant, Result<bool>)> + Send>>;
+type Reply = oneshot::Sender<Result<()>>;
+
+/// A request to write a new lease now (`LockGuard::extend`).
+struct Extend {
+    lease: Duration,
+    reply: Reply,
+}
 
 /// Renews the lease while the lock is held and decides the moment it is lost.
 ///
 /// The deadlines are watched whatever a renewal is doing: a renewal that hangs (a
 /// partition, server selection, a full pool) runs beside them, so the holder is told
-/// no later than the end of the lease it last confirmed.
+/// no later than the end of the lease it last confirmed. Every renewal, `extend`'s
+/// too, goes through here one at a time, so the trusted end always matches the
+/// lease the database holds.
 struct Keeper {
-    service: Arc<Shared>,
+    shared: Arc<Shared>,
     key: LockKey,
     owner: String,
     options: HoldOptions,
@@ -250,6 +295,12 @@ struct Keeper {
     valid_until: Instant,
     /// When the protected work started (`WorkGate::enter`); `lock_timeout` counts from it.
     started: watch::Receiver<Option<Instant>>,
+    extends: mpsc::UnboundedReceiver<Extend>,
+    renewal: Option<Renewal>,
+    /// Waiting for the renewal in flight, and for the one after it.
+    replies: (Vec<Reply>, Vec<Reply>),
+    next_renewal: Instant,
+    last_error: Option<LockError>,
 }
 
 impl Keeper {
@@ -262,51 +313,81 @@ impl Keeper {
         Some(started + self.options.lock_timeout?)
     }
 
-    fn renew(&self) -> Renewal {
-        let (service, key, owner) = (self.service.clone(), self.key.clone(), self.owner.clone());
+    fn start_renewal(&mut self) {
+        let (shared, key, owner) = (self.shared.clone(), self.key.clone(), self.owner.clone());
         let lease = self.options.lease;
-        Box::pin(async move {
+        self.renewal = Some(Box::pin(async move {
             let sent = Instant::now();
-            (sent, service.store.renew(&key, &owner, lease).await)
-        })
+            (sent, shared.store.renew(&key, &owner, lease).await)
+        }));
+        self.replies.0.append(&mut self.replies.1);
+    }
+
+    /// A new lease, written right after the renewal in flight (if any).
+    fn extend(&mut self, request: Extend) {
+        self.options.lease = request.lease;
+        self.replies.1.push(request.reply);
+        self.next_renewal = Instant::now();
+    }
+
+    /// Takes in a renewal's outcome; `Some` when it shows the lock is lost.
+    fn renewed(&mut self, sent: Instant, renewed: Result<bool>) -> Option<LockError> {
+        self.renewal = None;
+        let outcome = match renewed {
+            Ok(true) => {
+                self.valid_until = sent + trusted(self.options.lease);
+                self.next_renewal = sent + self.every();
+                self.last_error = None;
+                Ok(())
+            }
+            Ok(false) => Err(LockError::lost(
+                "the lock was taken over or deleted by another caller",
+            )),
+            Err(e) => {
+                let retry = (self.every() / 4).max(Duration::from_millis(5));
+                self.next_renewal = Instant::now() + retry;
+                self.last_error = Some(e.clone());
+                Err(e)
+            }
+        };
+        for reply in self.replies.0.drain(..) {
+            let _ = reply.send(outcome.clone());
+        }
+        match outcome {
+            Err(lost @ LockError::LockLost { .. }) => Some(lost),
+            _ => None,
+        }
+    }
+
+    fn expired(&mut self, by_timeout: bool) -> LockError {
+        match (by_timeout, self.last_error.take()) {
+            (true, _) => LockError::LockTimeout,
+            (false, Some(e)) => {
+                LockError::lost_because("the lease ran out while it could not be renewed", e)
+            }
+            (false, None) => LockError::lost("the lease ran out before it could be renewed"),
+        }
     }
 
     /// Runs until the lock is lost and returns why.
     async fn run(mut self) -> LockError {
-        let mut next_renewal = self.valid_until.min(Instant::now() + self.every());
-        let mut renewal: Option<Renewal> = None;
-        let mut last_error: Option<LockError> = None;
         let mut watching_start = true;
         loop {
             let timeout = self.lock_deadline().filter(|d| *d <= self.valid_until);
             let end = timeout.unwrap_or(self.valid_until);
+            let in_flight = self.renewal.is_some();
             tokio::select! {
                 biased;
-                _ = self.service.closed() => return LockError::Closed,
-                _ = tokio::time::sleep_until(end) => {
-                    return match (timeout, last_error) {
-                        (Some(_), _) => LockError::LockTimeout,
-                        (None, Some(e)) => LockError::lost(format!("the lease ran out while it could not be renewed: {e}")),
-                        (None, None) => LockError::lost("the lease ran out before it could be renewed"),
-                    };
-                }
+                _ = self.shared.closed() => return LockError::Closed,
+                _ = tokio::time::sleep_until(end) => return self.expired(timeout.is_some()),
                 changed = self.started.changed(), if watching_start => watching_start = changed.is_ok(),
-                (sent, renewed) = async { renewal.as_mut().expect("guarded by is_some").await }, if renewal.is_some() => {
-                    renewal = None;
-                    match renewed {
-                        Ok(true) => {
-                            self.valid_until = sent + trusted(self.options.lease);
-                            next_renewal = sent + self.every();
-                            last_error = None;
-                        }
-                        Ok(false) => return LockError::lost("the lock was taken over or deleted by another caller"),
-                        Err(e) => {
-                            last_error = Some(e);
-                            next_renewal = Instant::now() + (self.every() / 4).max(Duration::from_millis(5));
-                        }
+                Some(request) = self.extends.recv() => self.extend(request),
+                (sent, renewed) = async { self.renewal.as_mut().expect("in flight").await }, if in_flight => {
+                    if let Some(lost) = self.renewed(sent, renewed) {
+                        return lost;
                     }
                 }
-                _ = tokio::time::sleep_until(next_renewal), if renewal.is_none() => renewal = Some(self.renew()),
+                _ = tokio::time::sleep_until(self.next_renewal), if !in_flight => self.start_renewal(),
             }
         }
     }

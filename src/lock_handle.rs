@@ -1,0 +1,111 @@
+//! A lock held as a handle (`acquire`, `tryAcquire`): `{ key, fencingToken, signal,
+//! release(), extend(ms), [Symbol.asyncDispose]() }`. The lease is renewed while the
+//! handle is held; `signal` aborts when the lock is lost; `release()` (and `await
+//! using`) deletes only this lock, once. A handle dropped without `release()` (garbage
+//! collected) releases its lock when it is collected; one whose process exits is
+//! freed by its lease.
+
+use std::sync::Arc;
+
+use lock_core::{LockError, LockGuard, LockKey};
+use napi::bindgen_prelude::{
+    BigInt, Function, JavaScriptClassExt, JsObjectValue, Object, PromiseRaw, Undefined,
+};
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
+use napi::{Env, Unknown};
+use napi_derive::napi;
+use tokio::sync::Mutex;
+
+use crate::connection::Connection;
+use crate::lock_context::Controller;
+use crate::options;
+use crate::promise;
+
+/// A held lock. Made by `ResourceLock.acquire` and `tryAcquire`, not by `new`.
+#[napi]
+pub struct LockHandle {
+    guard: Arc<Mutex<Option<LockGuard>>>,
+    connection: Arc<Connection>,
+}
+
+#[napi]
+impl LockHandle {
+    /// Releases the lock (hands it to the next waiter of this process, if any).
+    /// Resolves `true` when this call released it, `false` when it had been released
+    /// already or was lost. Never deletes a lock that is not this handle's.
+    #[napi(ts_return_type = "Promise<boolean>")]
+    pub fn release<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, bool>> {
+        let guard = self.guard.clone();
+        let release = async move {
+            let Some(guard) = guard.lock().await.take() else {
+                return Ok(false);
+            };
+            Ok(guard.release().await?)
+        };
+        promise::settle(
+            env,
+            &self.connection,
+            release,
+            |_, released| Ok(released),
+            |_| {},
+        )
+    }
+
+    /// Writes a lease of `lease` ms from now and keeps renewing with it. Rejects with
+    /// `ERR_LOCK_LOST` when the lock is no longer held (lost or released).
+    #[napi(ts_args_type = "lease: number", ts_return_type = "Promise<void>")]
+    pub fn extend<'env>(
+        &self,
+        env: &'env Env,
+        lease: Unknown<'env>,
+    ) -> napi::Result<PromiseRaw<'env, Undefined>> {
+        let lease = options::lease_millis(lease, "lease");
+        let guard = self.guard.clone();
+        let extend = async move {
+            let lease = lease?;
+            match guard.lock().await.as_ref() {
+                Some(guard) => Ok(guard.extend(lease).await?),
+                None => Err(LockError::lost("the lock was released").into()),
+            }
+        };
+        promise::settle(env, &self.connection, extend, |_, ()| Ok(()), |_| {})
+    }
+}
+
+/// The JavaScript handle of `guard`, whose work starts now.
+pub fn handle<'env>(
+    env: &'env Env,
+    guard: LockGuard,
+    key: LockKey,
+    connection: Arc<Connection>,
+) -> napi::Result<Object<'env>> {
+    guard.gate().enter();
+    let fencing_token = guard.fencing_token();
+    let lost = guard.lost_or_released();
+    let controller = Controller::new(env)?;
+    let abort = controller.abort_from_any_thread()?;
+    napi::bindgen_prelude::spawn(async move {
+        if let Some(why) = lost.await {
+            abort.call(why, ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    });
+    let guard = Arc::new(Mutex::new(Some(guard)));
+    let mut object = LockHandle { guard, connection }
+        .into_instance(env)?
+        .as_object(env);
+    match key {
+        LockKey::Str(s) => object.set_named_property("key", s)?,
+        LockKey::Num(n) => object.set_named_property("key", n)?,
+    }
+    object.set_named_property("fencingToken", BigInt::from(fencing_token))?;
+    object.set_named_property("signal", controller.signal()?)?;
+    let release: Function<(), Unknown> = object.get_named_property("release")?;
+    let symbol: Object = unsafe {
+        env.get_global()?
+            .get_named_property::<Unknown>("Symbol")?
+            .cast()?
+    };
+    let async_dispose: Unknown = symbol.get_named_property("asyncDispose")?;
+    object.set_property(async_dispose, release)?;
+    Ok(object)
+}
