@@ -837,3 +837,4 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.LockHandle = nativeBinding.LockHandle
 module.exports.ResourceLock = nativeBinding.ResourceLock
+module.exports.useErrorClasses = nativeBinding.useErrorClasses

@@ -1,31 +1,42 @@
 //! The one place where a core `LockError` becomes a JavaScript error.
 //!
-//! Messages, `name`, `code` and fields follow what callers of the original class
-//! already catch: plain `Error`s for `Unable to establish lock.`, `Lock interrupted
-//! by timeout` and `Was not able to delete …`; a `MongoServerError`-shaped error
-//! (code 11000, `errorResponse`, `keyPattern`, `keyValue`) for a held key;
-//! `TypeError` / `RangeError` for bad arguments. Passwords never appear in messages.
+//! Messages follow what callers of the original class already catch (`Unable to
+//! establish lock.`, `Lock interrupted by timeout`, `Was not able to delete …`), and
+//! every error carries a stable `code`: our own are `LockError`s (`ERR_LOCK_*`); bad
+//! arguments are `TypeError`/`RangeError` with Node's codes; a held key is a
+//! `MongoServerError` (code 11000, `errorResponse`, `keyPattern`, `keyValue`), an
+//! instance of the application's class when `index.js` could hand it over; other
+//! driver errors take the Node driver's names, `code`, `codeName`, `errorLabels` and
+//! plain messages. Passwords never appear in messages.
 
 use std::ffi::CString;
 use std::ptr;
 
-use lock_core::mongodb::bson::{Bson, Document};
-use lock_core::mongodb::error::ErrorKind;
-use lock_core::LockError;
+use lock_core::mongodb::bson::{doc, Bson, Document};
+use lock_core::mongodb::error::{Error as DriverError, ErrorKind, WriteFailure};
+use lock_core::{Argument, LockError};
 use napi::bindgen_prelude::{JsObjectValue, Object, ToNapiValue};
 use napi::{sys, Env, JsValue, Unknown};
+
+use crate::error_classes;
 
 #[derive(Clone, Copy)]
 enum Constructor {
     Error,
     TypeError,
     RangeError,
+    /// The `LockError` class from `errors.js` (a plain `Error` without it).
+    Lock,
 }
 
 /// Builds the JavaScript error for `error` and wraps it so that returning it from a
 /// napi function throws, or rejects with, exactly that object.
 pub fn to_napi(env: &Env, error: LockError, secrets: &[String]) -> napi::Error {
-    match build(env, &error, secrets) {
+    wrap(build(env, &error, secrets))
+}
+
+fn wrap(built: napi::Result<Unknown<'_>>) -> napi::Error {
+    match built {
         Ok(js) => napi::Error::from(js),
         Err(fallback) => fallback,
     }
@@ -34,23 +45,16 @@ pub fn to_napi(env: &Env, error: LockError, secrets: &[String]) -> napi::Error {
 /// The `AbortError` of a call whose signal aborted, with the signal's reason as its
 /// `cause`, as Node's own APIs do.
 pub fn aborted(env: &Env, cause: Option<napi::Error>) -> napi::Error {
-    let with_cause = build(env, &LockError::Aborted, &[]).and_then(|error| {
+    wrap(build(env, &LockError::Aborted, &[]).and_then(|error| {
         let mut object: Object = unsafe { error.cast()? };
         if let Some(cause) = cause {
-            let cause = unsafe {
-                Unknown::from_raw_unchecked(
-                    env.raw(),
-                    napi::Error::to_napi_value(env.raw(), cause)?,
-                )
-            };
-            object.set_named_property("cause", cause)?;
+            let cause = unsafe { napi::Error::to_napi_value(env.raw(), cause)? };
+            object.set_named_property("cause", unsafe {
+                Unknown::from_raw_unchecked(env.raw(), cause)
+            })?;
         }
         Ok(object.to_unknown())
-    });
-    match with_cause {
-        Ok(js) => napi::Error::from(js),
-        Err(fallback) => fallback,
-    }
+    }))
 }
 
 fn build<'env>(
@@ -58,81 +62,165 @@ fn build<'env>(
     error: &LockError,
     secrets: &[String],
 ) -> napi::Result<Unknown<'env>> {
-    let message = redact(&error.to_string(), secrets);
-    let (constructor, name, code): (Constructor, Option<&str>, Option<Bson>) = match error {
-        LockError::InvalidArgument { range: true, .. } => (
-            Constructor::RangeError,
-            None,
-            Some("ERR_OUT_OF_RANGE".into()),
-        ),
-        LockError::InvalidArgument { range: false, .. } => (
-            Constructor::TypeError,
-            None,
-            Some("ERR_INVALID_ARG_TYPE".into()),
-        ),
-        LockError::DuplicateKey { .. } => (
-            Constructor::Error,
-            Some("MongoServerError"),
-            Some(Bson::Int32(lock_core::DUPLICATE_KEY)),
-        ),
-        LockError::NotDeleted { .. } | LockError::WaitTimeout | LockError::LockTimeout => {
-            (Constructor::Error, None, None)
-        }
-        LockError::LockLost { .. } => (Constructor::Error, None, Some("ERR_LOCK_LOST".into())),
-        LockError::Aborted => (
-            Constructor::Error,
-            Some("AbortError"),
-            Some("ABORT_ERR".into()),
-        ),
-        LockError::Closed => (Constructor::Error, None, Some("ERR_LOCK_CLOSED".into())),
-        LockError::Configuration(_) => (
-            Constructor::TypeError,
-            None,
-            Some("ERR_UNSUPPORTED_CLIENT_OPTION".into()),
-        ),
-        LockError::Mongo(e) => {
-            let name = match &*e.kind {
-                ErrorKind::ServerSelection { .. } => "MongoServerSelectionError",
-                ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => "MongoNetworkError",
-                ErrorKind::Authentication { .. } => "MongoAuthenticationError",
-                ErrorKind::Command(_) | ErrorKind::Write(_) => "MongoServerError",
-                _ => "MongoError",
-            };
-            (
-                Constructor::Error,
-                Some(name),
-                error.server_code().map(Bson::Int32),
-            )
-        }
-    };
-    let mut object = new_error(env, constructor, &message)?;
-    if let Some(name) = name {
-        object.set_named_property("name", name)?;
+    if let Some((constructor, code)) = own(error) {
+        return own_error(env, error, constructor, code, secrets);
     }
-    if let Some(code) = code {
-        object.set_named_property("code", bson_to_js(env, &code)?)?;
+    match error {
+        LockError::DuplicateKey {
+            message,
+            key_pattern,
+            key_value,
+        } => {
+            let mut response = doc! { "ok": 0, "errmsg": message.as_str(), "code": lock_core::DUPLICATE_KEY, "codeName": "DuplicateKey" };
+            response.insert("keyPattern", Bson::Document((**key_pattern).clone()));
+            response.insert("keyValue", Bson::Document((**key_value).clone()));
+            server_error(env, &response, message, &[])
+        }
+        LockError::Mongo(driver) => driver_error(env, driver, secrets),
+        _ => Err(napi::Error::from_reason(error.to_string())),
     }
-    if let LockError::DuplicateKey {
-        message: errmsg,
-        key_pattern,
-        key_value,
+}
+
+/// The constructor and `code` of an error we make ourselves; `None` for the server's.
+fn own(error: &LockError) -> Option<(Constructor, &'static str)> {
+    Some(match error {
+        LockError::InvalidArgument {
+            problem: Argument::Type,
+            ..
+        } => (Constructor::TypeError, "ERR_INVALID_ARG_TYPE"),
+        LockError::InvalidArgument {
+            problem: Argument::Value,
+            ..
+        } => (Constructor::TypeError, "ERR_INVALID_ARG_VALUE"),
+        LockError::InvalidArgument {
+            problem: Argument::Range,
+            ..
+        } => (Constructor::RangeError, "ERR_OUT_OF_RANGE"),
+        LockError::Configuration(_) => (Constructor::TypeError, "ERR_UNSUPPORTED_CLIENT_OPTION"),
+        LockError::WaitTimeout => (Constructor::Lock, "ERR_LOCK_WAIT_TIMEOUT"),
+        LockError::LockTimeout => (Constructor::Lock, "ERR_LOCK_TIMEOUT"),
+        LockError::NotDeleted { .. } => (Constructor::Lock, "ERR_LOCK_NOT_DELETED"),
+        LockError::LockLost { .. } => (Constructor::Lock, "ERR_LOCK_LOST"),
+        LockError::Closed => (Constructor::Lock, "ERR_LOCK_CLOSED"),
+        LockError::Aborted => (Constructor::Error, "ABORT_ERR"),
+        LockError::DuplicateKey { .. } | LockError::Mongo(_) => return None,
+    })
+}
+
+fn own_error<'env>(
+    env: &'env Env,
+    error: &LockError,
+    constructor: Constructor,
+    code: &str,
+    secrets: &[String],
+) -> napi::Result<Unknown<'env>> {
+    let mut object = new_error(env, constructor, &redact(&error.to_string(), secrets))?;
+    object.set_named_property("code", code)?;
+    if let LockError::Aborted = error {
+        object.set_named_property("name", "AbortError")?;
+    }
+    if let LockError::LockLost {
+        cause: Some(cause), ..
     } = error
     {
-        let mut response = Object::new(env)?;
-        response.set_named_property("ok", 0)?;
-        response.set_named_property("errmsg", errmsg.as_str())?;
-        response.set_named_property("code", lock_core::DUPLICATE_KEY)?;
-        response.set_named_property("codeName", "DuplicateKey")?;
-        // As on the driver's MongoServerError, the error's own fields are the
-        // response's objects, not copies.
-        let key_pattern = document_to_js(env, key_pattern)?;
-        let key_value = document_to_js(env, key_value)?;
-        response.set_named_property("keyPattern", key_pattern)?;
-        response.set_named_property("keyValue", key_value)?;
-        object.set_named_property("errorResponse", response)?;
-        object.set_named_property("codeName", "DuplicateKey")?;
-        object.set_named_property("keyPattern", key_pattern)?;
-        object.set_named_property("keyValue", key_value)?;
+        object.set_named_property("cause", build(env, cause, secrets)?)?;
+    }
+    Ok(object.to_unknown())
+}
+
+/// A driver error as the Node driver shows it: a server's refusal is a
+/// `MongoServerError` with the server's `code`, `codeName` and message; the rest keep
+/// the Node driver's class names with a plain message; all carry `errorLabels`.
+fn driver_error<'env>(
+    env: &'env Env,
+    error: &DriverError,
+    secrets: &[String],
+) -> napi::Result<Unknown<'env>> {
+    let labels: Vec<String> = error.labels().iter().cloned().collect();
+    if let Some((code, code_name, message)) = server_refusal(error) {
+        let response =
+            doc! { "ok": 0, "errmsg": message.as_str(), "code": code, "codeName": code_name };
+        return server_error(env, &response, &redact(&message, secrets), &labels);
+    }
+    let (name, message) = match &*error.kind {
+        ErrorKind::ServerSelection { message, .. } => (
+            "MongoServerSelectionError",
+            server_selection_summary(message),
+        ),
+        ErrorKind::Io(io) => ("MongoNetworkError", io.to_string()),
+        ErrorKind::ConnectionPoolCleared { message, .. } => ("MongoNetworkError", message.clone()),
+        ErrorKind::Authentication { message, .. } => ("MongoAuthenticationError", message.clone()),
+        other => ("MongoError", other.to_string()),
+    };
+    let mut object = new_error(env, Constructor::Error, &redact(&message, secrets))?;
+    object.set_named_property("name", name)?;
+    object.set_named_property("errorLabels", labels)?;
+    Ok(object.to_unknown())
+}
+
+/// The server's own error in `error` (or in its source, as for a failed
+/// authentication): `(code, codeName, message)`.
+fn server_refusal(error: &DriverError) -> Option<(i32, String, String)> {
+    let refusal = match &*error.kind {
+        ErrorKind::Command(c) => Some((c.code, c.code_name.clone(), c.message.clone())),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some((
+            w.code,
+            w.code_name.clone().unwrap_or_default(),
+            w.message.clone(),
+        )),
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => {
+            Some((w.code, w.code_name.clone(), w.message.clone()))
+        }
+        _ => None,
+    };
+    refusal.or_else(|| {
+        let source = std::error::Error::source(error)?.downcast_ref::<DriverError>()?;
+        server_refusal(source)
+    })
+}
+
+/// `No available servers …` with the topology reduced to each server's error.
+fn server_selection_summary(message: &str) -> String {
+    let errors: Vec<&str> = message
+        .split("Error: Kind: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(", labels").next())
+        .collect();
+    if errors.is_empty() {
+        return message.to_owned();
+    }
+    format!("Server selection timed out: {}", errors.join("; "))
+}
+
+/// A `MongoServerError` for the server's `response` (`{ ok: 0, errmsg, code, codeName, … }`),
+/// made by the application's class when there is one, else shaped like it.
+fn server_error<'env>(
+    env: &'env Env,
+    response: &Document,
+    message: &str,
+    labels: &[String],
+) -> napi::Result<Unknown<'env>> {
+    let mut response_js = document_to_js(env, response)?;
+    response_js.set_named_property("errmsg", message)?;
+    if !labels.is_empty() {
+        response_js.set_named_property("errorLabels", labels.to_vec())?;
+    }
+    if let Some(made) = error_classes::construct(
+        env,
+        |c| c.mongo_server_error.as_ref(),
+        response_js.to_unknown(),
+    )? {
+        return Ok(made.to_unknown());
+    }
+    let mut object = new_error(env, Constructor::Error, message)?;
+    object.set_named_property("name", "MongoServerError")?;
+    object.set_named_property("errorResponse", response_js)?;
+    object.set_named_property("errorLabels", labels.to_vec())?;
+    // As on the driver's MongoServerError, the error's own fields are the response's
+    // values (the same objects), except errmsg.
+    for name in response.keys().filter(|k| *k != "errmsg") {
+        let value: Unknown = response_js.get_named_property(name)?;
+        object.set_named_property(name, value)?;
     }
     Ok(object.to_unknown())
 }
@@ -153,8 +241,14 @@ fn new_error<'env>(
             text.as_bytes().len() as isize,
             &mut js_message
         ))?;
+        if let Constructor::Lock = constructor {
+            let message = Unknown::from_raw_unchecked(raw_env, js_message);
+            if let Some(made) = error_classes::construct(env, |c| c.lock_error.as_ref(), message)? {
+                return Ok(made);
+            }
+        }
         let create = match constructor {
-            Constructor::Error => sys::napi_create_error,
+            Constructor::Error | Constructor::Lock => sys::napi_create_error,
             Constructor::TypeError => sys::napi_create_type_error,
             Constructor::RangeError => sys::napi_create_range_error,
         };

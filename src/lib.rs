@@ -8,6 +8,7 @@ mod acquire;
 mod close;
 mod connection;
 mod do_while_locked;
+mod error_classes;
 mod errors;
 mod lock;
 mod lock_context;

@@ -9,11 +9,22 @@ use mongodb::error::{ErrorKind, WriteFailure};
 /// MongoDB's duplicate key error code.
 pub const DUPLICATE_KEY: i32 = 11000;
 
+/// What is wrong with a bad argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Argument {
+    /// Not of an accepted type.
+    Type,
+    /// Of the right type, but not an accepted value.
+    Value,
+    /// A number outside the accepted range.
+    Range,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LockError {
-    /// A bad argument: a `RangeError` when `range` is set, else a `TypeError`.
+    /// A bad argument.
     #[error("{message}")]
-    InvalidArgument { range: bool, message: String },
+    InvalidArgument { problem: Argument, message: String },
 
     /// The key is already locked; carries the server's own E11000 details so the
     /// binding can rebuild the `MongoServerError` that the original surfaced.
@@ -65,7 +76,14 @@ pub enum LockError {
 impl LockError {
     pub fn type_error(message: impl Into<String>) -> Self {
         LockError::InvalidArgument {
-            range: false,
+            problem: Argument::Type,
+            message: message.into(),
+        }
+    }
+
+    pub fn value_error(message: impl Into<String>) -> Self {
+        LockError::InvalidArgument {
+            problem: Argument::Value,
             message: message.into(),
         }
     }
@@ -91,7 +109,7 @@ impl LockError {
 
     pub fn range_error(message: impl Into<String>) -> Self {
         LockError::InvalidArgument {
-            range: true,
+            problem: Argument::Range,
             message: message.into(),
         }
     }

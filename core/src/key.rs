@@ -29,10 +29,7 @@ impl LockKey {
     /// several are joined with `#` (numbers printed as JavaScript prints them).
     pub fn from_ids(ids: &[ResourceId]) -> Result<LockKey, LockError> {
         match ids {
-            [] => Err(LockError::InvalidArgument {
-                range: true,
-                message: "resourceIds must not be empty".into(),
-            }),
+            [] => Err(LockError::value_error("resourceIds must not be empty")),
             [ResourceId::Str(s)] => Ok(LockKey::Str(s.clone())),
             [ResourceId::Num(n)] => Ok(LockKey::Num(*n)),
             many => Ok(LockKey::Str(join_ids(many, "#"))),
@@ -149,10 +146,13 @@ mod tests {
     }
 
     #[test]
-    fn empty_ids_are_a_range_error() {
+    fn empty_ids_are_a_bad_value() {
         assert!(matches!(
             LockKey::from_ids(&[]),
-            Err(LockError::InvalidArgument { range: true, .. })
+            Err(LockError::InvalidArgument {
+                problem: crate::error::Argument::Value,
+                ..
+            })
         ));
     }
 

@@ -25,7 +25,7 @@ use mongodb::options::WriteConcern;
 use mongodb::Client;
 
 pub use acquire::AcquireOptions;
-pub use error::{LockError, Result, DUPLICATE_KEY};
+pub use error::{Argument, LockError, Result, DUPLICATE_KEY};
 pub use key::{ids_to_string, js_number_to_string, LockKey, ResourceId};
 pub use lease::{HoldOptions, LockGuard, WorkGate};
 
