@@ -26,6 +26,10 @@ const DEFAULT_WAIT_TIMEOUT: f64 = 5_000.0;
 const DEFAULT_RETRY_INTERVAL: f64 = 125.0;
 /// The lease of a lock held with `lockTimeout: Infinity` and no `lease`.
 const DEFAULT_RENEWED_LEASE: f64 = 30_000.0;
+/// The default lease is `lockTimeout`, but not shorter than this: a lease of a few
+/// hundred ms must be renewed within a few dozen, and a busy process can lose it
+/// before its callback even starts.
+const SHORTEST_DEFAULT_LEASE: Duration = Duration::from_secs(1);
 /// Timers beyond this are treated as `Infinity` (about 24 days, Node's own timer limit).
 const LONGEST: f64 = 2_147_483_647.0;
 
@@ -54,11 +58,8 @@ pub fn hold_options<'env>(value: Option<Unknown<'env>>) -> Result<HoldOptions<'e
     let o = options.as_ref();
     let lock_timeout = millis(o, "lockTimeout", DEFAULT_LOCK_TIMEOUT, true)?;
     let renewed = Duration::from_millis(DEFAULT_RENEWED_LEASE as u64);
-    wait_options(
-        o,
-        lock_timeout,
-        lease(o)?.unwrap_or(lock_timeout.unwrap_or(renewed)),
-    )
+    let default_lease = lock_timeout.map_or(renewed, |t| t.max(SHORTEST_DEFAULT_LEASE));
+    wait_options(o, lock_timeout, lease(o)?.unwrap_or(default_lease))
 }
 
 /// `acquire`'s and `tryAcquire`'s options: those of `doWhileLocked` without

@@ -49,7 +49,7 @@ export interface DoWhileLockedOptions {
   waitTimeout?: number
   /** Longest pause between two attempts in ms when no release is announced. Default 125. */
   retryInterval?: number
-  /** Lease in ms, renewed while the callback runs. Default: `lockTimeout`. */
+  /** Lease in ms, renewed while the callback runs. Default: `lockTimeout`, at least 1 000 (30 000 for `Infinity`). */
   lease?: number
   /** Aborting it while waiting rejects with an `AbortError`; while holding, aborts `context.signal`. */
   signal?: AbortSignal
