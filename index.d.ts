@@ -4,6 +4,7 @@ export {
   ResourceLock,
   LockHandle,
   type ResourceId,
+  type BsonScalar,
   type ResourceIds,
   type MongoClientLike,
   type LockWriteConcern,

@@ -45,10 +45,13 @@ impl ResourceLock {
             env,
             &self.connection,
             async move {
-                let asked = asked?;
+                let mut asked = asked?;
                 let service = connection.service().await?;
                 let guard = service.acquire(&asked.ids.key, &asked.acquire).await;
-                Ok((guard.map_err(|e| asked.followed.failure(e))?, asked.ids.key))
+                Ok((
+                    guard.map_err(|e| asked.followed.failure(e))?,
+                    asked.ids.js_key(),
+                ))
             },
             move |env, (guard, key)| lock_handle::handle(env, guard, key, handle_connection),
             move |env| unfollow_on(env, unfollow),

@@ -154,7 +154,7 @@ async fn hold(
     prepared: Prepared,
 ) -> Result<RetainedValue, Failure> {
     let Prepared {
-        ids,
+        mut ids,
         callback,
         acquire,
         followed,
@@ -168,7 +168,7 @@ async fn hold(
     let signal = ContextSignal::new();
     let gate = guard.gate();
     let context = LockContext {
-        key: ids.key.clone(),
+        key: ids.js_key(),
         fencing_token: guard.fencing_token(),
         signal: signal.clone(),
         gate: gate.clone(),

@@ -1,12 +1,12 @@
 //! `lock(resourceIds, options?)`: one attempt, as the original.
 
-use lock_core::LockKey;
-use napi::bindgen_prelude::{Either, PromiseRaw};
+use napi::bindgen_prelude::PromiseRaw;
 use napi::{Env, Unknown};
 use napi_derive::napi;
 
+use crate::options;
+use crate::resource_ids::{self, JsKey};
 use crate::resource_lock::ResourceLock;
-use crate::{options, resource_ids};
 
 #[napi]
 impl ResourceLock {
@@ -17,30 +17,25 @@ impl ResourceLock {
     /// lock stays until `unlock`, as in the original.
     #[napi(
         ts_args_type = "resourceIds: ResourceIds, options?: LockOptions",
-        ts_return_type = "Promise<string | number>"
+        ts_return_type = "Promise<ResourceId>"
     )]
     pub fn lock<'env>(
         &self,
         env: &'env Env,
         resource_ids: Unknown<'env>,
         options: Option<Unknown<'env>>,
-    ) -> napi::Result<PromiseRaw<'env, Either<String, f64>>> {
+    ) -> napi::Result<PromiseRaw<'env, JsKey>> {
         let parsed = resource_ids::parse(resource_ids)
             .and_then(|ids| Ok((ids, options::lock_lease(options)?)));
         let connection = self.connection.clone();
         self.run(
             env,
             async move {
-                let (ids, lease) = parsed?;
+                let (mut ids, lease) = parsed?;
                 connection.service().await?.lock(&ids.key, lease).await?;
-                Ok(ids.key)
+                Ok(ids.js_key())
             },
-            |_, key| {
-                Ok(match key {
-                    LockKey::Str(s) => Either::A(s),
-                    LockKey::Num(n) => Either::B(n),
-                })
-            },
+            |_, key| Ok(key),
         )
     }
 }

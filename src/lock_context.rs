@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use lock_core::{LockError, LockKey, WorkGate};
+use lock_core::{LockError, WorkGate};
 use napi::bindgen_prelude::{BigInt, Function, JsObjectValue, Object, ToNapiValue};
 use napi::threadsafe_function::{
     ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode, UnknownReturnValue,
@@ -17,6 +17,7 @@ use napi::threadsafe_function::{
 use napi::{sys, Env, Status, Unknown};
 
 use crate::errors;
+use crate::resource_ids::JsKey;
 
 pub type AbortFn =
     ThreadsafeFunction<LockError, UnknownReturnValue, napi::Error, Status, false, true>;
@@ -114,7 +115,7 @@ impl<'env> Controller<'env> {
 }
 
 pub struct LockContext {
-    pub key: LockKey,
+    pub key: JsKey,
     pub fencing_token: u64,
     pub signal: ContextSignal,
     pub gate: WorkGate,
@@ -139,10 +140,7 @@ impl ToNapiValue for LockContext {
         let signal = controller.signal()?;
 
         let mut context = Object::new(&env)?;
-        match value.key {
-            LockKey::Str(s) => context.set_named_property("key", s)?,
-            LockKey::Num(n) => context.set_named_property("key", n)?,
-        }
+        context.set_named_property("key", value.key)?;
         context.set_named_property("signal", signal)?;
         context.set_named_property("fencingToken", BigInt::from(value.fencing_token))?;
         Object::to_napi_value(raw_env, context)

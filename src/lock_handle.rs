@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use lock_core::{LockError, LockGuard, LockKey};
+use lock_core::{LockError, LockGuard};
 use napi::bindgen_prelude::{
     BigInt, Function, JavaScriptClassExt, JsObjectValue, Object, PromiseRaw, Undefined,
 };
@@ -20,6 +20,7 @@ use crate::connection::Connection;
 use crate::lock_context::Controller;
 use crate::options;
 use crate::promise;
+use crate::resource_ids::JsKey;
 
 /// A held lock. Made by `ResourceLock.acquire` and `tryAcquire`, not by `new`.
 #[napi]
@@ -76,7 +77,7 @@ impl LockHandle {
 pub fn handle<'env>(
     env: &'env Env,
     guard: LockGuard,
-    key: LockKey,
+    key: JsKey,
     connection: Arc<Connection>,
 ) -> napi::Result<Object<'env>> {
     guard.gate().enter();
@@ -93,10 +94,7 @@ pub fn handle<'env>(
     let mut object = LockHandle { guard, connection }
         .into_instance(env)?
         .as_object(env);
-    match key {
-        LockKey::Str(s) => object.set_named_property("key", s)?,
-        LockKey::Num(n) => object.set_named_property("key", n)?,
-    }
+    object.set_named_property("key", key)?;
     object.set_named_property("fencingToken", BigInt::from(fencing_token))?;
     object.set_named_property("signal", controller.signal()?)?;
     let release: Function<(), Unknown> = object.get_named_property("release")?;

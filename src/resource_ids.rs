@@ -1,13 +1,57 @@
-//! `resourceIds` from JavaScript: an array of strings and finite numbers, or one such
-//! value. Anything else is refused before it can reach a query.
+//! `resourceIds` from JavaScript: an array of ids, or one id. An id is a string, a
+//! finite number, or a BSON scalar the driver stores as it is (`ObjectId`, `Long`,
+//! `Decimal128`, a UUID, a `Date`, a boolean, a bigint), as the original accepted them;
+//! plain objects, which could carry query operators, are refused before they can
+//! reach a query.
 
+use std::str::FromStr;
+
+use lock_core::mongodb::bson::{
+    oid::ObjectId, spec::BinarySubtype, Binary, Bson, DateTime, Decimal128,
+};
 use lock_core::{LockError, LockKey, ResourceId};
-use napi::bindgen_prelude::Array;
-use napi::{JsValue, Unknown, ValueType};
+use napi::bindgen_prelude::{
+    Array, BigInt, FromNapiValue, Function, JsObjectValue, Object, ToNapiValue, Uint8Array,
+};
+use napi::{sys, JsValue, Unknown, ValueType};
+
+use crate::retained_value::RetainedValue;
 
 pub struct ResourceIds {
     pub ids: Vec<ResourceId>,
     pub key: LockKey,
+    /// The single id itself when it is not a string or a number, to hand back.
+    single: Option<RetainedValue>,
+}
+
+impl ResourceIds {
+    /// The key as JavaScript is given it back (`lock()`, `context.key`, `handle.key`).
+    pub fn js_key(&mut self) -> JsKey {
+        match self.single.take() {
+            Some(value) => JsKey::Value(value),
+            None => JsKey::Key(self.key.clone()),
+        }
+    }
+}
+
+/// The key for JavaScript: the string or number, or the caller's own id object (the
+/// same `ObjectId`, as the original resolves `lock([id])` with `id`).
+pub enum JsKey {
+    Key(LockKey),
+    Value(RetainedValue),
+}
+
+impl ToNapiValue for JsKey {
+    unsafe fn to_napi_value(env: sys::napi_env, value: Self) -> napi::Result<sys::napi_value> {
+        match value {
+            JsKey::Value(value) => RetainedValue::to_napi_value(env, value),
+            JsKey::Key(LockKey::Str(s)) => String::to_napi_value(env, s),
+            JsKey::Key(LockKey::Num(n)) => f64::to_napi_value(env, n),
+            JsKey::Key(LockKey::Other(b)) => {
+                String::to_napi_value(env, b.into_relaxed_extjson().to_string())
+            }
+        }
+    }
 }
 
 pub fn parse(value: Unknown<'_>) -> Result<ResourceIds, LockError> {
@@ -23,7 +67,22 @@ pub fn parse(value: Unknown<'_>) -> Result<ResourceIds, LockError> {
         vec![single(value)?]
     };
     let key = LockKey::from_ids(&ids)?;
-    Ok(ResourceIds { ids, key })
+    let single = match (&key, ids.len()) {
+        (LockKey::Other(_), 1) => Some(retain_single(value)?),
+        _ => None,
+    };
+    Ok(ResourceIds { ids, key, single })
+}
+
+fn retain_single(value: Unknown<'_>) -> Result<RetainedValue, LockError> {
+    let element = if value.is_array().unwrap_or(false) {
+        let array: Array = unsafe { value.cast() }.map_err(|_| not_ids())?;
+        array.get::<Unknown>(0).ok().flatten().ok_or_else(not_ids)?
+    } else {
+        value
+    };
+    unsafe { RetainedValue::from_napi_value(element.value().env, element.raw()) }
+        .map_err(|_| not_ids())
 }
 
 fn single(value: Unknown<'_>) -> Result<ResourceId, LockError> {
@@ -33,29 +92,82 @@ fn single(value: Unknown<'_>) -> Result<ResourceId, LockError> {
 fn element_of(value: Unknown<'_>, index: u32) -> Result<ResourceId, LockError> {
     scalar(value).ok_or_else(|| {
         LockError::type_error(format!(
-            "resourceIds[{index}] must be a string or a finite number, got {}",
+            "resourceIds[{index}] must be a string, a finite number or a BSON scalar such as an ObjectId, got {}",
             describe(value)
         ))
     })
 }
 
 fn scalar(value: Unknown<'_>) -> Option<ResourceId> {
-    match value.get_type().ok()? {
-        ValueType::String => {
-            let s: String = unsafe { value.cast::<String>() }.ok()?;
-            Some(ResourceId::Str(s))
-        }
+    let bson = match value.get_type().ok()? {
+        ValueType::String => return Some(ResourceId::Str(unsafe { value.cast::<String>() }.ok()?)),
         ValueType::Number => {
             let n: f64 = unsafe { value.cast::<f64>() }.ok()?;
-            n.is_finite().then_some(ResourceId::Num(n))
+            return n.is_finite().then_some(ResourceId::Num(n));
+        }
+        ValueType::Boolean => Bson::Boolean(unsafe { value.cast::<bool>() }.ok()?),
+        ValueType::BigInt => {
+            let (n, lossless) = unsafe { value.cast::<BigInt>() }.ok()?.get_i64();
+            lossless.then_some(Bson::Int64(n))?
+        }
+        ValueType::Object => bson_scalar(unsafe { value.cast::<Object>() }.ok()?)?,
+        _ => return None,
+    };
+    let text = value
+        .coerce_to_string()
+        .ok()?
+        .into_utf8()
+        .ok()?
+        .into_owned()
+        .ok()?;
+    Some(ResourceId::Other { value: bson, text })
+}
+
+/// A `Date`, or a value of the `bson` package (the driver's) that is a scalar.
+fn bson_scalar(object: Object<'_>) -> Option<Bson> {
+    if object.is_date().ok()? {
+        let time: f64 = call(&object, "getTime")?;
+        return time
+            .is_finite()
+            .then(|| Bson::DateTime(DateTime::from_millis(time as i64)));
+    }
+    let kind: String = object
+        .get_named_property::<Unknown>("_bsontype")
+        .ok()
+        .filter(|v| v.get_type().ok() == Some(ValueType::String))
+        .and_then(|v| unsafe { v.cast() }.ok())?;
+    match kind.as_str() {
+        "ObjectId" | "ObjectID" => Some(Bson::ObjectId(
+            ObjectId::parse_str(call::<String>(&object, "toHexString")?).ok()?,
+        )),
+        "Long" => Some(Bson::Int64(
+            call::<String>(&object, "toString")?.parse().ok()?,
+        )),
+        "Decimal128" => Some(Bson::Decimal128(
+            Decimal128::from_str(&call::<String>(&object, "toString")?).ok()?,
+        )),
+        "Binary" => {
+            let subtype: u32 = object.get_named_property("sub_type").ok()?;
+            let bytes: Uint8Array = object.get_named_property("buffer").ok()?;
+            let subtype = BinarySubtype::from(u8::try_from(subtype).ok()?);
+            Some(Bson::Binary(Binary {
+                subtype,
+                bytes: bytes.to_vec(),
+            }))
         }
         _ => None,
     }
 }
 
+/// `object.method()`, for the few methods of `bson` values read here.
+fn call<T: napi::bindgen_prelude::FromNapiValue>(object: &Object<'_>, method: &str) -> Option<T> {
+    let function: Function<(), T> = object.get_named_property(method).ok()?;
+    function.apply(object, ()).ok()
+}
+
 fn not_ids() -> LockError {
     LockError::type_error(
-        "resourceIds must be a non-empty array of strings and finite numbers, or one string or finite number",
+        "resourceIds must be a non-empty array of ids (strings, finite numbers, ObjectIds or other BSON scalars), or one id",
     )
 }
 

@@ -36,10 +36,10 @@ impl ResourceLock {
             env,
             &self.connection,
             async move {
-                let asked = asked?;
+                let mut asked = asked?;
                 let service = connection.service().await?;
                 match service.acquire(&asked.ids.key, &asked.acquire).await {
-                    Ok(guard) => Ok(Some((guard, asked.ids.key))),
+                    Ok(guard) => Ok(Some((guard, asked.ids.js_key()))),
                     Err(LockError::WaitTimeout) => Ok(None),
                     Err(e) => Err(asked.followed.failure(e)),
                 }

@@ -8,13 +8,19 @@ use mongodb::bson::Bson;
 
 use crate::error::LockError;
 
-/// One element of `resourceIds`. Only strings and finite numbers are accepted:
-/// the original used objects as they were, which turned `unlock([{ $gt: '' }])`
-/// into a query operator that deleted somebody else's lock.
+/// One element of `resourceIds`: a string, a finite number, or another BSON scalar
+/// (an `ObjectId`, a boolean, a date, a 64-bit integer…) stored as it is. Objects
+/// are refused: the original used them as they were, which turned
+/// `unlock([{ $gt: '' }])` into a query operator that deleted somebody else's lock.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ResourceId {
     Str(String),
     Num(f64),
+    /// `text` is JavaScript's `String(value)`, used where several ids are joined.
+    Other {
+        value: Bson,
+        text: String,
+    },
 }
 
 /// The value stored in the `id` field of a lock document.
@@ -22,6 +28,9 @@ pub enum ResourceId {
 pub enum LockKey {
     Str(String),
     Num(f64),
+    /// A single id of another BSON scalar type, kept as it is (as the original keeps
+    /// `[user._id]` an `ObjectId`).
+    Other(Bson),
 }
 
 impl LockKey {
@@ -32,6 +41,7 @@ impl LockKey {
             [] => Err(LockError::value_error("resourceIds must not be empty")),
             [ResourceId::Str(s)] => Ok(LockKey::Str(s.clone())),
             [ResourceId::Num(n)] => Ok(LockKey::Num(*n)),
+            [ResourceId::Other { value, .. }] => Ok(LockKey::Other(value.clone())),
             many => Ok(LockKey::Str(join_ids(many, "#"))),
         }
     }
@@ -42,6 +52,7 @@ impl LockKey {
         match self {
             LockKey::Str(s) => Bson::String(s.clone()),
             LockKey::Num(n) => number_to_bson(*n),
+            LockKey::Other(value) => value.clone(),
         }
     }
 
@@ -51,6 +62,11 @@ impl LockKey {
         match self {
             LockKey::Str(s) => format!("s:{s}"),
             LockKey::Num(n) => format!("n:{}", n + 0.0),
+            // The index compares numbers by value, whatever their BSON type.
+            LockKey::Other(Bson::Int64(n)) if (*n as f64) as i64 == *n => {
+                format!("n:{}", *n as f64)
+            }
+            LockKey::Other(value) => format!("b:{}", value.clone().into_relaxed_extjson()),
         }
     }
 }
@@ -66,6 +82,7 @@ fn join_ids(ids: &[ResourceId], separator: &str) -> String {
         .map(|id| match id {
             ResourceId::Str(s) => s.clone(),
             ResourceId::Num(n) => js_number_to_string(*n),
+            ResourceId::Other { text, .. } => text.clone(),
         })
         .collect::<Vec<_>>()
         .join(separator)
@@ -143,6 +160,25 @@ mod tests {
         let key = LockKey::from_ids(&[s("a"), ResourceId::Num(1.0), ResourceId::Num(0.5)]).unwrap();
         assert_eq!(key, LockKey::Str("a#1#0.5".into()));
         assert_eq!(ids_to_string(&[s("a"), s("b")]), "a,b");
+    }
+
+    #[test]
+    fn other_scalars_keep_their_type_alone_and_print_as_javascript_joined() {
+        let oid = mongodb::bson::oid::ObjectId::new();
+        let id = ResourceId::Other {
+            value: Bson::ObjectId(oid),
+            text: oid.to_hex(),
+        };
+        assert_eq!(
+            LockKey::from_ids(std::slice::from_ref(&id))
+                .unwrap()
+                .to_bson(),
+            Bson::ObjectId(oid)
+        );
+        let joined = LockKey::from_ids(&[s("user"), id]).unwrap();
+        assert_eq!(joined, LockKey::Str(format!("user#{}", oid.to_hex())));
+        let long = LockKey::Other(Bson::Int64(5)).identity();
+        assert_eq!(long, LockKey::Num(5.0).identity());
     }
 
     #[test]
