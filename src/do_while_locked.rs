@@ -4,10 +4,11 @@
 use lock_core::{ids_to_string, AcquireOptions, HoldOptions, LockError};
 use napi::bindgen_prelude::{FromNapiValue, Function, FunctionCallContext, PromiseRaw};
 use napi::threadsafe_function::ThreadsafeFunction;
-use napi::{sys, Env, JsValue, Status, Unknown, ValueType};
+use napi::{Env, JsValue, Status, Unknown, ValueType};
 use napi_derive::napi;
 
 use crate::abort_signal::{self, Followed, Unfollow};
+use crate::async_context::CallerContext;
 use crate::connection::Connection;
 use crate::lock_context::{ContextSignal, LockContext};
 use crate::options;
@@ -106,14 +107,15 @@ fn prepare(
 /// The callback behind a gate that calls it only with a context: the context is built
 /// on the JavaScript thread just before the call, and is `undefined` when the lock was
 /// lost before the callback could start (`LockContext`), so the callback never starts
-/// without the lock. Called through `napi_call_function` so that whatever the callback
-/// throws (an `Error` or any other value) stays the pending exception, unchanged.
+/// without the lock. Called in the caller's async context (`async_context.rs`), so that
+/// `AsyncLocalStorage` sees inside it what it saw where `doWhileLocked` was called.
 fn gated<'env>(
     env: &'env Env,
     callback: Unknown<'env>,
 ) -> napi::Result<Function<'env, LockContext, Returned>> {
     let callback: Function<Unknown, Unknown> = unsafe { callback.cast() }?;
     let callback = callback.create_ref()?;
+    let caller = CallerContext::capture(env)?;
     let gate = env.create_function_from_closure::<Unknown, Unknown, _>(
         "doWhileLockedCallback",
         move |ctx: FunctionCallContext| {
@@ -122,28 +124,8 @@ fn gated<'env>(
                 return Ok(context);
             }
             let callback = callback.borrow_back(ctx.env)?;
-            let raw_env = ctx.env.raw();
-            let mut undefined = std::ptr::null_mut();
-            let mut returned = std::ptr::null_mut();
-            let status = unsafe {
-                sys::napi_get_undefined(raw_env, &mut undefined);
-                sys::napi_call_function(
-                    raw_env,
-                    undefined,
-                    callback.raw(),
-                    1,
-                    &context.raw(),
-                    &mut returned,
-                )
-            };
-            if status == sys::Status::napi_pending_exception {
-                return Err(napi::Error::new(
-                    Status::PendingException,
-                    "the callback threw",
-                ));
-            }
-            napi::check_status!(status)?;
-            Ok(unsafe { Unknown::from_raw_unchecked(raw_env, returned) })
+            let returned = caller.call(ctx.env, callback.raw(), context)?;
+            Ok(unsafe { Unknown::from_raw_unchecked(ctx.env.raw(), returned) })
         },
     )?;
     unsafe { Function::from_napi_value(env.raw(), gate.raw()) }

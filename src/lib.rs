@@ -5,6 +5,7 @@
 
 mod abort_signal;
 mod acquire;
+mod async_context;
 mod close;
 mod connection;
 mod do_while_locked;

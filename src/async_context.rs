@@ -1,0 +1,72 @@
+//! The caller's async context: what `AsyncLocalStorage` (and with it OpenTelemetry's
+//! active span) sees where `doWhileLocked` is called. Captured during the call with
+//! `napi_async_init` and entered to run the callback with `napi_make_callback`, as
+//! Node's own callback APIs do; otherwise the callback would run in the context of
+//! whatever the event loop was doing when the lock came.
+
+use std::ptr;
+
+use napi::{check_status, sys, Env, JsValue, Status, Unknown};
+
+pub struct CallerContext {
+    env: sys::napi_env,
+    raw: sys::napi_async_context,
+}
+
+impl CallerContext {
+    /// Captures the current async context. On the JavaScript thread only.
+    pub fn capture(env: &Env) -> napi::Result<Self> {
+        let name = env.create_string("mongodb-resource-lock")?;
+        let resource = napi::bindgen_prelude::Object::new(env)?;
+        let mut raw = ptr::null_mut();
+        check_status!(unsafe {
+            sys::napi_async_init(env.raw(), resource.raw(), name.raw(), &mut raw)
+        })?;
+        Ok(CallerContext {
+            env: env.raw(),
+            raw,
+        })
+    }
+
+    /// `function(argument)` inside the captured context. Whatever the function throws
+    /// stays the pending exception, unchanged (`PendingException`).
+    pub fn call(
+        &self,
+        env: &Env,
+        function: sys::napi_value,
+        argument: Unknown<'_>,
+    ) -> napi::Result<sys::napi_value> {
+        // `napi_make_callback` needs an object as `this`; a strict function called
+        // plainly would see `undefined`, so `globalThis` is the nearest to that.
+        let mut receiver = ptr::null_mut();
+        let mut returned = ptr::null_mut();
+        let status = unsafe {
+            sys::napi_get_global(env.raw(), &mut receiver);
+            sys::napi_make_callback(
+                env.raw(),
+                self.raw,
+                receiver,
+                function,
+                1,
+                &argument.raw(),
+                &mut returned,
+            )
+        };
+        if status == sys::Status::napi_pending_exception {
+            return Err(napi::Error::new(
+                Status::PendingException,
+                "the callback threw",
+            ));
+        }
+        check_status!(status)?;
+        Ok(returned)
+    }
+}
+
+impl Drop for CallerContext {
+    /// Dropped with the gate function that owns it, by its finalizer, on the
+    /// JavaScript thread.
+    fn drop(&mut self) {
+        unsafe { sys::napi_async_destroy(self.env, self.raw) };
+    }
+}
