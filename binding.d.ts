@@ -19,6 +19,13 @@ export type ResourceId = string | number | boolean | bigint | Date | BsonScalar
  */
 export type ResourceIds = ReadonlyArray<ResourceId> | ResourceId
 
+/** The key `lock(resourceIds)` resolves with: the one id itself, or the ids joined with `#`. */
+export type LockKeyOf<T extends ResourceIds> = T extends readonly [infer Only]
+  ? Only
+  : T extends ReadonlyArray<ResourceId>
+    ? string
+    : T
+
 /** The parts of a `MongoClient` (mongodb driver 5, 6 or 7) that are used. */
 export interface MongoClientLike {
   readonly options: object
@@ -89,17 +96,29 @@ export interface TryAcquireOptions {
  */
 export interface LockHandle extends AsyncDisposable {
   /** The lock key (`'a#b'` or the single id). */
-  readonly key: string | number
+  readonly key: ResourceId
   /** Strictly increases with every acquisition of the key: pass it to the store you write to. */
   readonly fencingToken: bigint
   /** Aborted, with the reason, when the lock is lost (not when it is released). */
   readonly signal: AbortSignal
 }
 
+/** Who holds a lock (`holder`). */
+export interface LockHolder {
+  /** The lock key (`'a#b'` or the single id). */
+  readonly key: ResourceId
+  /** When it was taken or last handed over, by the taker's clock; `null` if unknown. */
+  readonly since: Date | null
+  /** When its lease ends, on the server's clock; `null` for a lock without a lease. */
+  readonly leaseExpiresAt: Date | null
+  /** Whether this `ResourceLock` holds it. */
+  readonly heldByThisInstance: boolean
+}
+
 /** The argument of the `doWhileLocked` callback. */
 export interface LockContext {
   /** The lock key (`'a#b'` or the single id). */
-  readonly key: string | number
+  readonly key: ResourceId
   /** Aborted the moment the lock is no longer safely held. */
   readonly signal: AbortSignal
   /** Strictly increases with every acquisition of the key: pass it to the store you write to. */
@@ -158,13 +177,22 @@ export declare class ResourceLock {
    */
   doWhileLocked<T>(resourceIds: ResourceIds, callback: (context: LockContext) => T | PromiseLike<T>, options?: DoWhileLockedOptions): Promise<Awaited<T>>
   /**
+   * Who holds the lock of `resourceIds`: `{ key, since, leaseExpiresAt,
+   * heldByThisInstance }`, or `null` when it is free (no lock document, or one
+   * whose lease has passed). `since` is when it was taken or last handed over
+   * (by the taker's clock); `leaseExpiresAt` is `null` for a lock without a lease.
+   */
+  holder(resourceIds: ResourceIds): Promise<LockHolder | null>
+  /** Whether somebody holds the lock of `resourceIds` now (`holder` is not `null`). */
+  isLocked(resourceIds: ResourceIds): Promise<boolean>
+  /**
    * Creates the lock document of `resourceIds` in `_locks` and resolves with its key
    * (the one id itself, or the ids joined with `#`). Rejects with a
    * `MongoServerError` (code 11000, `duplicate key`) when it is held. With
    * `{ lease }` (ms) the lock expires and may then be taken over; without it the
    * lock stays until `unlock`, as in the original.
    */
-  lock(resourceIds: ResourceIds, options?: LockOptions): Promise<ResourceId>
+  lock<const T extends ResourceIds>(resourceIds: T, options?: LockOptions): Promise<LockKeyOf<T>>
   /**
    * `client`: a `MongoClient` of the `mongodb` package (driver 5, 6 or 7), whose
    * settings the addon's own connection copies; or `url`, a connection string.

@@ -6,6 +6,7 @@ export {
   type ResourceId,
   type BsonScalar,
   type ResourceIds,
+  type LockKeyOf,
   type MongoClientLike,
   type LockWriteConcern,
   type ResourceLockOptions,
@@ -13,7 +14,8 @@ export {
   type DoWhileLockedOptions,
   type AcquireOptions,
   type TryAcquireOptions,
-  type LockContext
+  type LockContext,
+  type LockHolder
 } from './binding'
 
 /** The `code` of every error this package creates itself. */

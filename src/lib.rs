@@ -11,6 +11,7 @@ mod connection;
 mod do_while_locked;
 mod error_classes;
 mod errors;
+mod holder;
 mod lock;
 mod lock_context;
 mod lock_handle;

@@ -16,8 +16,9 @@ impl ResourceLock {
     /// `{ lease }` (ms) the lock expires and may then be taken over; without it the
     /// lock stays until `unlock`, as in the original.
     #[napi(
-        ts_args_type = "resourceIds: ResourceIds, options?: LockOptions",
-        ts_return_type = "Promise<ResourceId>"
+        ts_generic_types = "const T extends ResourceIds",
+        ts_args_type = "resourceIds: T, options?: LockOptions",
+        ts_return_type = "Promise<LockKeyOf<T>>"
     )]
     pub fn lock<'env>(
         &self,

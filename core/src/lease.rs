@@ -120,7 +120,7 @@ impl LockGuard {
         options: HoldOptions,
         turn: Option<LocalTurn>,
     ) -> Self {
-        service.hold_started();
+        service.hold_started(&held.owner);
         let loss = Loss {
             turn: Arc::new(Mutex::new(turn)),
             ..Loss::default()
@@ -222,7 +222,7 @@ impl Drop for LockGuard {
     fn drop(&mut self) {
         self.stop.cancel();
         if self.released {
-            self.service.hold_ended();
+            self.service.hold_ended(&self.held.owner);
             return;
         }
         let (service, key, owner, turn) = (
@@ -233,11 +233,11 @@ impl Drop for LockGuard {
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = release(&service, &key, owner, turn, false).await;
-                service.hold_ended();
+                let _ = release(&service, &key, owner.clone(), turn, false).await;
+                service.hold_ended(&owner);
             });
         } else {
-            self.service.hold_ended();
+            self.service.hold_ended(&self.held.owner);
         }
     }
 }

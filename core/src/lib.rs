@@ -32,6 +32,17 @@ pub use lease::{HoldOptions, LockGuard, WorkGate};
 use shared::Shared;
 use store::LockStore;
 
+/// Who holds a lock, as `LockService::holder` reads it.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    /// When it was taken (or last handed over), in ms since the epoch, by the taker's clock.
+    pub since: Option<f64>,
+    /// When its lease ends, on the server's clock; `None` for a lock without a lease.
+    pub lease_expires_at: Option<mongodb::bson::DateTime>,
+    /// Whether this service holds it (through a guard or `lock()`).
+    pub held_here: bool,
+}
+
 /// How long `close()` waits for held locks to be released.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -92,6 +103,28 @@ impl LockService {
 
     fn locked(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         self.locked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Who holds the lock of `key` now, if anyone: `None` when there is no lock
+    /// document or its lease has surely passed.
+    pub async fn holder(&self, key: &LockKey) -> Result<Option<Holder>> {
+        self.shared.open()?;
+        let Some(stored) = self.shared.store.find(key).await? else {
+            return Ok(None);
+        };
+        if let Some(expiry) = stored.lease_expires_at {
+            if self.shared.store.server_now().await?.earliest > expiry.timestamp_millis() {
+                return Ok(None);
+            }
+        }
+        let ours = stored.owner.as_deref().is_some_and(|owner| {
+            self.shared.holds(owner) || self.locked().values().any(|o| o == owner)
+        });
+        Ok(Some(Holder {
+            since: stored.locked_at,
+            lease_expires_at: stored.lease_expires_at,
+            held_here: ours,
+        }))
     }
 
     /// Waits for and takes the lock of `key`.

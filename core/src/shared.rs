@@ -2,6 +2,8 @@
 //! borrowed by acquisition (`acquire.rs`) and holds (`lease.rs`), so that no part
 //! reaches back into the service itself.
 
+use std::collections::HashSet;
+
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -15,8 +17,9 @@ pub(crate) struct Shared {
     pub feed: ReleaseFeed,
     pub queues: LocalQueues,
     closed: CancellationToken,
-    /// Locks held right now; `close()` waits for their release before disconnecting.
-    holds: watch::Sender<usize>,
+    /// The owners of the locks held right now through guards; `close()` waits for
+    /// their release before disconnecting.
+    holds: watch::Sender<HashSet<String>>,
 }
 
 impl Shared {
@@ -27,7 +30,7 @@ impl Shared {
             feed: ReleaseFeed::new(closed.child_token()),
             queues: LocalQueues::default(),
             closed,
-            holds: watch::channel(0).0,
+            holds: watch::channel(HashSet::new()).0,
         }
     }
 
@@ -54,16 +57,29 @@ impl Shared {
         self.closed.cancel();
     }
 
-    pub fn hold_started(&self) {
-        self.holds.send_modify(|n| *n += 1);
+    pub fn hold_started(&self, owner: &str) {
+        self.holds.send_modify(|holds| {
+            holds.insert(owner.to_owned());
+        });
     }
 
-    pub fn hold_ended(&self) {
-        self.holds.send_modify(|n| *n = n.saturating_sub(1));
+    pub fn hold_ended(&self, owner: &str) {
+        self.holds.send_modify(|holds| {
+            holds.remove(owner);
+        });
+    }
+
+    /// Whether a guard of this service holds the lock of `owner`.
+    pub fn holds(&self, owner: &str) -> bool {
+        self.holds.borrow().contains(owner)
     }
 
     /// Resolves when no lock is held.
     pub async fn no_holds(&self) {
-        let _ = self.holds.subscribe().wait_for(|n| *n == 0).await;
+        let _ = self
+            .holds
+            .subscribe()
+            .wait_for(|holds| holds.is_empty())
+            .await;
     }
 }

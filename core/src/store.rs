@@ -13,7 +13,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use crate::document::{
-    self, CONTENDED, FENCES_COLLECTION, ID, LEASE_EXPIRES_AT, LOCKS_COLLECTION, OWNER,
+    self, CONTENDED, FENCES_COLLECTION, ID, LEASE_EXPIRES_AT, LOCKED_AT, LOCKS_COLLECTION, OWNER,
 };
 use crate::error::{LockError, Result, DUPLICATE_KEY};
 use crate::key::LockKey;
@@ -39,6 +39,16 @@ pub struct Held {
 pub struct Blocker {
     pub doc_id: Bson,
     pub lease_expires_at: Option<DateTime>,
+}
+
+/// A lock document as `find` reads it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// `locked_at`, in ms since the epoch (the original writes a number).
+    pub locked_at: Option<f64>,
+    pub lease_expires_at: Option<DateTime>,
+    /// Absent on the original's locks.
+    pub owner: Option<String>,
 }
 
 /// The outcome of deleting our own lock.
@@ -323,6 +333,25 @@ impl LockStore {
         let old = self.write_rtt_micros.load(Ordering::Relaxed);
         self.write_rtt_micros
             .store((old * 7 + sample) / 8, Ordering::Relaxed);
+    }
+
+    /// The lock document of `key`, if there is one: `(locked_at in ms, lease_expires_at,
+    /// owner)`.
+    pub async fn find(&self, key: &LockKey) -> Result<Option<Stored>> {
+        let found = self
+            .locks
+            .find_one(doc! { ID: key.to_bson() })
+            .projection(doc! { LOCKED_AT: 1, LEASE_EXPIRES_AT: 1, OWNER: 1 })
+            .await?;
+        Ok(found.map(|d| Stored {
+            locked_at: d.get(LOCKED_AT).and_then(Bson::as_f64).or_else(|| {
+                d.get_datetime(LOCKED_AT)
+                    .ok()
+                    .map(|t| t.timestamp_millis() as f64)
+            }),
+            lease_expires_at: d.get_datetime(LEASE_EXPIRES_AT).ok().copied(),
+            owner: d.get_str(OWNER).ok().map(str::to_owned),
+        }))
     }
 
     /// Deletes the lock whoever holds it, as the original's `unlock` does.
