@@ -4,7 +4,7 @@ import { createRequire } from 'node:module'
 import { MongoClient } from 'mongodb'
 
 const require = createRequire(import.meta.url)
-export const { ResourceLock } = require('../index.js')
+export const { ResourceLock, LockError } = require('../index.js')
 
 export const url = process.env.MONGODB_URL
 if (!url) throw new Error('MONGODB_URL is not set: run the tests with `npm test`')
