@@ -128,11 +128,14 @@ test('close() rejects a wait that is in the database, and leaves the other insta
   const waiter = addonLock(t, name)
   const locks = db.collection('_locks')
   await holder.lock(['busy'])
-  const waiting = waiter.doWhileLocked(['busy'], () => 'never', { waitTimeout: 8_000, retryInterval: 5_000 })
+  // Nothing but close() can end this wait early: no poll within a minute, no lease.
+  const waiting = waiter.doWhileLocked(['busy'], () => 'never', { waitTimeout: 10_000, retryInterval: 60_000 })
   t.true(await eventually(async () => (await locks.findOne({ id: 'busy' }))?.contended === true), 'the waiter is waiting in the database')
+  const closedAt = Date.now()
   const closing = waiter.close()
   const error = await t.throwsAsync(waiting)
   t.is(error.code, 'ERR_LOCK_CLOSED')
+  t.true(Date.now() - closedAt < 5_000, 'rejected by close(), not at the waitTimeout')
   await closing
   t.is(await locks.countDocuments({ id: 'busy' }), 1, 'the holder\'s lock is still there')
 })
