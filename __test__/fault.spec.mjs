@@ -5,7 +5,7 @@ import { promisify } from 'node:util'
 import { fileURLToPath } from 'node:url'
 import test from 'ava'
 import { removeStorage, startServer, tempStorage } from '../scripts/test-server.mjs'
-import { sleep } from './helpers.mjs'
+import { ResourceLock, sleep } from './helpers.mjs'
 
 const run = promisify(execFile)
 const here = path.dirname(fileURLToPath(import.meta.url))
@@ -42,4 +42,31 @@ test('a server restart: in-flight calls reject, no two holders, work resumes, wo
   t.true(holds.some((h) => h.start > upAt), 'work resumed after the restart')
   t.true(errors.length > 0, 'calls in flight while the server was down were rejected')
   t.true(errors.every((e) => e.message && e.message !== 'undefined'), 'every rejection has a message')
+})
+
+// Serial: it runs before the test above, not beside it, each with a server of its own.
+test.serial('the change stream reopens after a server restart and wakes a waiter again', async (t) => {
+  const storage = tempStorage()
+  let server = await startServer({ storagePath: storage })
+  const port = server.port
+  t.teardown(async () => { await server.stop(); removeStorage(storage) })
+  const url = `${server.url}/?serverSelectionTimeoutMS=5000`
+  const holder = new ResourceLock({ url, databaseName: 'reopen' })
+  const waiter = new ResourceLock({ url, databaseName: 'reopen' })
+  t.teardown(() => Promise.all([holder.close(), waiter.close()]).catch(() => {}))
+  await holder.lock(['reopened']) // no lease: only a delete frees it
+  let acquiredAt
+  // With a live stream the safety poll is max(1 s, retryInterval): a minute here, so
+  // only a release event can wake the waiter before its waitTimeout.
+  const waiting = waiter.doWhileLocked(['reopened'], () => { acquiredAt = Date.now() }, { retryInterval: 60_000, waitTimeout: 25_000 })
+  await sleep(2_500) // the waiter is waiting in the database, its stream open
+  await server.stop('SIGKILL')
+  await sleep(500)
+  server = await startServer({ port, storagePath: storage })
+  await sleep(4_000) // the stream reopens about 1 s after it broke, once reconnected
+  const releasedAt = Date.now()
+  await holder.unlock(['reopened'])
+  await waiting
+  t.log(`acquired ${acquiredAt - releasedAt} ms after the release`)
+  t.true(acquiredAt - releasedAt < 5_000, 'woken by the reopened stream, not at the waitTimeout')
 })
