@@ -159,21 +159,24 @@ async fn an_expired_lease_is_taken_over_and_its_holder_told() {
     let (service, client, db) = service().await;
     let key = LockKey::Str("crashed".into());
     // A holder that stops renewing: a short lease and no renewal (lease == lockTimeout).
-    let first = service.acquire(&key, &options(1_000, 300)).await.unwrap();
+    let first = service.acquire(&key, &options(1_000, 1_000)).await.unwrap();
     let started = std::time::Instant::now();
     // The taker is another process: no local queue orders it after the first holder,
-    // so only the lease stored in the database keeps it out for 300 ms.
+    // so only the lease stored in the database keeps it out for 1 s.
     let rival = other_process(&db).await;
     let patient = options(5_000, 5_000);
-    let second = rival.acquire(&key, &patient);
+    // Timed when the rival gets it, not when the join ends (that waits for `lost`).
+    let second = async {
+        let second = rival.acquire(&key, &patient).await;
+        (second, started.elapsed())
+    };
     let lost = first.lost();
-    let (second, reason) = tokio::join!(second, lost);
+    let ((second, took), reason) = tokio::join!(second, lost);
     assert!(matches!(reason, LockError::LockTimeout));
     let second = second.unwrap();
-    let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(300),
-        "taken over after {took:?}, before the 300 ms lease had passed"
+        took >= Duration::from_millis(1_000),
+        "taken over after {took:?}, before the 1 s lease had passed"
     );
     assert!(second.fencing_token() > first.fencing_token());
     // The first holder's release must not remove the second's lock.
