@@ -44,29 +44,48 @@ test('a server restart: in-flight calls reject, no two holders, work resumes, wo
   t.true(errors.every((e) => e.message && e.message !== 'undefined'), 'every rejection has a message')
 })
 
-// Serial: it runs before the test above, not beside it, each with a server of its own.
-test.serial('the change stream reopens after a server restart and wakes a waiter again', async (t) => {
+/**
+ * A holder and a waiter on their own server; the waiter waits with a poll a minute
+ * away (with a live stream the safety poll is max(1 s, retryInterval)), so only a
+ * release event can wake it before its waitTimeout. The server is killed for
+ * `downMs` and restarted on disk; then the lock is released. Returns how long after
+ * the release the waiter got the lock.
+ */
+async function wokenAfterRestart (t, downMs) {
   const storage = tempStorage()
   let server = await startServer({ storagePath: storage })
   const port = server.port
   t.teardown(async () => { await server.stop(); removeStorage(storage) })
-  const url = `${server.url}/?serverSelectionTimeoutMS=5000`
+  // The driver's own resume of the stream waits at most this for the server.
+  const url = `${server.url}/?serverSelectionTimeoutMS=1000`
   const holder = new ResourceLock({ url, databaseName: 'reopen' })
   const waiter = new ResourceLock({ url, databaseName: 'reopen' })
   t.teardown(() => Promise.all([holder.close(), waiter.close()]).catch(() => {}))
   await holder.lock(['reopened']) // no lease: only a delete frees it
   let acquiredAt
-  // With a live stream the safety poll is max(1 s, retryInterval): a minute here, so
-  // only a release event can wake the waiter before its waitTimeout.
-  const waiting = waiter.doWhileLocked(['reopened'], () => { acquiredAt = Date.now() }, { retryInterval: 60_000, waitTimeout: 25_000 })
+  const waiting = waiter.doWhileLocked(['reopened'], () => { acquiredAt = Date.now() }, { retryInterval: 60_000, waitTimeout: 20_000 })
   await sleep(2_500) // the waiter is waiting in the database, its stream open
   await server.stop('SIGKILL')
-  await sleep(500)
+  await sleep(downMs)
   server = await startServer({ port, storagePath: storage })
   await sleep(4_000) // the stream reopens about 1 s after it broke, once reconnected
   const releasedAt = Date.now()
   await holder.unlock(['reopened'])
   await waiting
-  t.log(`acquired ${acquiredAt - releasedAt} ms after the release`)
-  t.true(acquiredAt - releasedAt < 5_000, 'woken by the reopened stream, not at the waitTimeout')
+  t.log(`acquired ${acquiredAt - releasedAt} ms after the release (server down ${downMs} ms)`)
+  return acquiredAt - releasedAt
+}
+
+// Serial: these run before the test above, not beside it, each with a server of its own.
+test.serial('a short outage: the change stream is resumed and wakes a waiter again', async (t) => {
+  t.true(await wokenAfterRestart(t, 300) < 5_000, 'woken by the stream, not at the waitTimeout')
+})
+
+// Bug: when the driver's own resume fails (the server is down longer than server
+// selection waits), the feed's first reopen attempt fails too and is then treated
+// like a server that refuses change streams: the next attempt is 30 s later
+// (RETRY_REFUSED_DELAY in core/src/release_feed.rs), not "soon". Until then only
+// polls wake waiters, here none within the waitTimeout.
+test.serial.failing('a longer outage: the change stream is reopened soon and wakes a waiter again', async (t) => {
+  t.true(await wokenAfterRestart(t, 3_000) < 5_000, 'woken by the stream, not at the waitTimeout')
 })
