@@ -139,3 +139,43 @@ test('close() rejects a wait that is in the database, and leaves the other insta
   await closing
   t.is(await locks.countDocuments({ id: 'busy' }), 1, 'the holder\'s lock is still there')
 })
+
+/**
+ * Releases a hold at the moment its one local waiter gives up (`giveUp` arranges
+ * that: an abort, or a waitTimeout that ends then), for many keys with the moment
+ * swept across the release. Returns the keys left locked afterwards.
+ */
+async function handOverRaces (t, giveUp) {
+  const { name, db } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const locks = db.collection('_locks')
+  const trials = []
+  for (let i = 0; i < 100; i++) {
+    const key = `race-${i}`
+    const inside = deferred()
+    const holding = lock.doWhileLocked([key], async () => { inside.resolve(); await sleep(40) }, { lockTimeout: 10_000 })
+    await inside.promise
+    const waiting = lock.doWhileLocked([key], () => {}, giveUp(i)).catch(() => {})
+    trials.push(Promise.all([holding, waiting]))
+    await sleep(5)
+  }
+  await Promise.all(trials)
+  await eventually(async () => await locks.countDocuments() === 0, 1_000)
+  return (await locks.find().toArray()).map((doc) => doc.id)
+}
+
+// Bug (being fixed): a hand-over racing the waiter's abort or deadline leaves the lock
+// in the database although nobody holds it (until its lease passes). The abort sweep
+// leaves locks behind in every run today; the waitTimeout sweep in about one run of three.
+test.failing('a hand-over racing the waiter\'s abort or waitTimeout leaves no lock behind', async (t) => {
+  const [aborted, timedOut] = await Promise.all([
+    handOverRaces(t, (i) => {
+      const controller = new AbortController()
+      setTimeout(() => controller.abort(), 36 + i * 0.1)
+      return { signal: controller.signal, waitTimeout: 10_000 }
+    }),
+    handOverRaces(t, (i) => ({ waitTimeout: 36 + i * 0.1 }))
+  ])
+  t.deepEqual(aborted, [], 'left behind by aborted waiters')
+  t.deepEqual(timedOut, [], 'left behind by waiters at their waitTimeout')
+})
