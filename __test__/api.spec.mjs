@@ -90,7 +90,7 @@ test('doWhileLocked rejects with exactly what the callback threw, and releases',
   t.is(await db.collection('_locks').countDocuments(), 0)
 })
 
-test('a second caller runs after the first releases (original timing: 500-700 ms)', async (t) => {
+test('a second caller runs after the first releases (original timing: 500-700 ms; only the order is asserted)', async (t) => {
   const { name } = await freshDatabase(t)
   const lock = addonLock(t, name)
   let start
@@ -100,7 +100,9 @@ test('a second caller runs after the first releases (original timing: 500-700 ms
     lock.doWhileLocked(['timed'], () => { start = Date.now(); started.resolve(); return sleep(500) }),
     started.promise.then(() => sleep(50)).then(() => lock.doWhileLocked(['timed'], () => { secondRanAt = Date.now() - start }))
   ])
-  t.true(secondRanAt >= 500 && secondRanAt <= 700, `second ran at ${secondRanAt} ms`)
+  t.log(`second ran at ${secondRanAt} ms`)
+  t.true(secondRanAt >= 500, `second ran at ${secondRanAt} ms, inside the first hold`)
+  t.true(secondRanAt < 5_000, `second ran at ${secondRanAt} ms, at its waitTimeout`)
 })
 
 test('waitTimeout: 250 against a 1 s holder rejects with Unable to establish lock.', async (t) => {
@@ -205,9 +207,11 @@ test('lockTimeout: 250 with a 1 s callback rejects with Lock interrupted by time
   const { name, db } = await freshDatabase(t)
   const lock = addonLock(t, name)
   const start = Date.now()
-  const error = await t.throwsAsync(lock.doWhileLocked(['slow'], () => sleep(1_000), { lockTimeout: 250 }))
+  const error = await t.throwsAsync(lock.doWhileLocked(['slow'], () => sleep(5_000), { lockTimeout: 250 }))
   t.is(error.message, 'Lock interrupted by timeout')
-  t.true(Date.now() - start < 900)
+  const took = Date.now() - start
+  t.true(took >= 250, `rejected after ${took} ms`)
+  t.true(took < 4_000, `rejected after ${took} ms: at the callback's end, not at lockTimeout`)
   t.is(await db.collection('_locks').countDocuments({ id: 'slow' }), 0, 'released at the timeout')
 })
 

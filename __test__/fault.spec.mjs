@@ -5,7 +5,7 @@ import { promisify } from 'node:util'
 import { fileURLToPath } from 'node:url'
 import test from 'ava'
 import { removeStorage, startServer, tempStorage } from '../scripts/test-server.mjs'
-import { sleep } from './helpers.mjs'
+import { ResourceLock, sleep } from './helpers.mjs'
 
 const run = promisify(execFile)
 const here = path.dirname(fileURLToPath(import.meta.url))
@@ -42,4 +42,51 @@ test('a server restart: in-flight calls reject, no two holders, work resumes, wo
   t.true(holds.some((h) => h.start > upAt), 'work resumed after the restart')
   t.true(errors.length > 0, 'calls in flight while the server was down were rejected')
   t.true(errors.every((e) => e.message && e.message !== 'undefined'), 'every rejection has a message')
+})
+
+/**
+ * A holder and a waiter on their own server; the waiter waits with a poll a minute
+ * away (with a live stream the safety poll is max(1 s, retryInterval)), so only a
+ * release event can wake it before its waitTimeout. The server is killed for
+ * `downMs` and restarted on disk (server selection waits `selectionMs`); then the
+ * lock is released. Returns how long after
+ * the release the waiter got the lock.
+ */
+async function wokenAfterRestart (t, downMs, selectionMs) {
+  const storage = tempStorage()
+  let server = await startServer({ storagePath: storage })
+  const port = server.port
+  t.teardown(async () => { await server.stop(); removeStorage(storage) })
+  // The driver's own resume of the stream waits at most this for the server.
+  const url = `${server.url}/?serverSelectionTimeoutMS=${selectionMs}`
+  const holder = new ResourceLock({ url, databaseName: 'reopen' })
+  const waiter = new ResourceLock({ url, databaseName: 'reopen' })
+  t.teardown(() => Promise.all([holder.close(), waiter.close()]).catch(() => {}))
+  await holder.lock(['reopened']) // no lease: only a delete frees it
+  let acquiredAt
+  const waiting = waiter.doWhileLocked(['reopened'], () => { acquiredAt = Date.now() }, { retryInterval: 60_000, waitTimeout: 20_000 })
+  await sleep(2_500) // the waiter is waiting in the database, its stream open
+  await server.stop('SIGKILL')
+  await sleep(downMs)
+  server = await startServer({ port, storagePath: storage })
+  await sleep(4_000) // the stream reopens about 1 s after it broke, once reconnected
+  const releasedAt = Date.now()
+  await holder.unlock(['reopened'])
+  await waiting
+  t.log(`acquired ${acquiredAt - releasedAt} ms after the release (server down ${downMs} ms)`)
+  return acquiredAt - releasedAt
+}
+
+// Serial: these run before the test above, not beside it, each with a server of its own.
+test.serial('a short outage: the change stream is resumed and wakes a waiter again', async (t) => {
+  // Server selection outlasts the restart, so the driver's own resume succeeds.
+  t.true(await wokenAfterRestart(t, 300, 10_000) < 5_000, 'woken by the stream, not at the waitTimeout')
+})
+
+// When the driver's own resume fails (the server is down longer than server selection
+// waits), the feed must reopen the stream soon, not treat the outage like a server that
+// refuses change streams (30 s later): until then only polls wake waiters, here none
+// within the waitTimeout.
+test.serial('a longer outage: the change stream is reopened soon and wakes a waiter again', async (t) => {
+  t.true(await wokenAfterRestart(t, 3_000, 1_000) < 5_000, 'woken by the stream, not at the waitTimeout')
 })

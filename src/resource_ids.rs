@@ -177,7 +177,10 @@ pub fn describe(value: Unknown<'_>) -> &'static str {
         Ok(ValueType::Undefined) => "undefined",
         Ok(ValueType::Null) => "null",
         Ok(ValueType::Boolean) => "a boolean",
-        Ok(ValueType::Number) => "a non-finite number",
+        Ok(ValueType::Number) => match unsafe { value.cast::<f64>() } {
+            Ok(n) if n.is_finite() => "a number",
+            _ => "a non-finite number",
+        },
         Ok(ValueType::String) => "a string",
         Ok(ValueType::Symbol) => "a symbol",
         Ok(ValueType::Object) => "an object",

@@ -18,6 +18,15 @@ async fn service() -> (Arc<LockService>, Client, String) {
     (LockService::new(client.clone(), &db, None), client, db)
 }
 
+/// Another service on the same database with a client of its own: it contends as
+/// another process does (own connection, own local queue, own change stream), so
+/// only the database keeps it and the first service apart.
+async fn other_process(db: &str) -> Arc<LockService> {
+    let url = std::env::var("MONGODB_URL").expect("MONGODB_URL must point at a test server");
+    let client = Client::with_uri_str(&url).await.unwrap();
+    LockService::new(client, db, None)
+}
+
 fn uuid_like() -> String {
     format!("{:x}", rand_u64())
 }
@@ -90,12 +99,15 @@ async fn a_second_lock_is_a_duplicate_key_and_unlock_frees_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn waiters_exclude_each_other_and_all_get_a_turn() {
-    let (service, client, db) = service().await;
+    let (_, client, db) = service().await;
     let inside = Arc::new(AtomicUsize::new(0));
     let turns = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
+    // Each contender is a process of its own: no shared local queue keeps them apart,
+    // only the unique index and the owner-matched release do.
     for _ in 0..6 {
-        let (service, inside, turns) = (service.clone(), inside.clone(), turns.clone());
+        let service = other_process(&db).await;
+        let (inside, turns) = (inside.clone(), turns.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..3 {
                 let guard = service
@@ -107,7 +119,7 @@ async fn waiters_exclude_each_other_and_all_get_a_turn() {
                     0,
                     "two holders at once"
                 );
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 inside.fetch_sub(1, Ordering::SeqCst);
                 turns.fetch_add(1, Ordering::SeqCst);
                 assert!(guard.release().await.unwrap());
@@ -146,17 +158,28 @@ async fn fencing_tokens_increase_with_every_acquisition() {
 async fn an_expired_lease_is_taken_over_and_its_holder_told() {
     let (service, client, db) = service().await;
     let key = LockKey::Str("crashed".into());
-    // A holder whose work outlives its lockTimeout, counted from the start of the work.
-    let first = service.acquire(&key, &options(1_000, 300)).await.unwrap();
+    // A holder whose work outlives its lockTimeout (counted from the start of the
+    // work) and never releases: its lease is no longer renewed and lets the rival in.
+    let first = service.acquire(&key, &options(1_000, 1_000)).await.unwrap();
     assert!(first.gate().enter());
     let started = std::time::Instant::now();
+    // The taker is another process: no local queue orders it after the first holder,
+    // so only the lease stored in the database keeps it out for 1 s.
+    let rival = other_process(&db).await;
     let patient = options(5_000, 5_000);
-    let second = service.acquire(&key, &patient);
+    // Timed when the rival gets it, not when the join ends (that waits for `lost`).
+    let second = async {
+        let second = rival.acquire(&key, &patient).await;
+        (second, started.elapsed())
+    };
     let lost = first.lost();
-    let (second, reason) = tokio::join!(second, lost);
+    let ((second, took), reason) = tokio::join!(second, lost);
     assert!(matches!(reason, LockError::LockTimeout));
     let second = second.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(
+        took >= Duration::from_millis(1_000),
+        "taken over after {took:?}, before the 1 s lease had passed"
+    );
     assert!(second.fencing_token() > first.fencing_token());
     // The first holder's release must not remove the second's lock.
     assert!(!first.release().await.unwrap());
@@ -239,5 +262,80 @@ async fn close_refuses_waiters_and_leaves_no_lock_behind() {
         left, 0,
         "close() released the held lock and let no waiter in"
     );
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_hand_overs_keep_the_document_for_at_most_8_turns_and_new_tokens() {
+    let (service, client, db) = service().await;
+    let locks = client
+        .database(&db)
+        .collection::<Document>(document::LOCKS_COLLECTION);
+    let key = LockKey::Str("handed".into());
+    // Holder 0 is inside before the others queue up behind it in this process, so every
+    // release finds a local waiter and may hand the lock over without deleting it.
+    let first = service.acquire(&key, &options(5_000, 5_000)).await.unwrap();
+    let holds = Arc::new(tokio::sync::Mutex::new(Vec::<(Bson, u64)>::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (service, key, locks, holds) =
+            (service.clone(), key.clone(), locks.clone(), holds.clone());
+        tasks.push(tokio::spawn(async move {
+            let guard = service
+                .acquire(&key, &options(30_000, 5_000))
+                .await
+                .unwrap();
+            let held = locks
+                .find_one(doc! { "id": "handed" })
+                .await
+                .unwrap()
+                .unwrap();
+            holds
+                .lock()
+                .await
+                .push((held.get("_id").unwrap().clone(), guard.fencing_token()));
+            assert!(guard.release().await.unwrap());
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first_doc = locks
+        .find_one(doc! { "id": "handed" })
+        .await
+        .unwrap()
+        .unwrap();
+    let mut all = vec![(first_doc.get("_id").unwrap().clone(), first.fencing_token())];
+    assert!(first.release().await.unwrap());
+    for t in tasks {
+        t.await.unwrap();
+    }
+    all.extend(holds.lock().await.iter().cloned());
+    assert_eq!(all.len(), 21);
+    // Every acquisition, hand-overs included, gets a strictly greater token.
+    for pair in all.windows(2) {
+        assert!(
+            pair[1].1 > pair[0].1,
+            "fencing tokens {} then {}",
+            pair[0].1,
+            pair[1].1
+        );
+    }
+    // A hand-over keeps the document (same `_id`); a release in the database deletes it
+    // and the next holder inserts a new one. At most 8 hand-overs in a row: runs of at
+    // most 9 holds on one document.
+    let mut runs = vec![1usize];
+    for pair in all.windows(2) {
+        if pair[1].0 == pair[0].0 {
+            *runs.last_mut().unwrap() += 1;
+        } else {
+            runs.push(1);
+        }
+    }
+    assert!(runs.iter().all(|r| *r <= 9), "holds per document: {runs:?}");
+    assert!(
+        runs.iter().any(|r| *r > 1),
+        "no local hand-over at all: {runs:?}"
+    );
+    let left = locks.count_documents(doc! {}).await.unwrap();
+    assert_eq!(left, 0, "no lock may stay behind");
     client.database(&db).drop().await.unwrap();
 }

@@ -1,0 +1,181 @@
+// Promises of README.md and docs/design.md that no other spec checks: the stored lease,
+// the `contended` mark, local hand-overs (fencing tokens, the 8-turn cap), the change
+// stream's safety poll, and close() ending a wait that is in the database. Each
+// ResourceLock has its own client, so two of them contend as two processes do.
+import test from 'ava'
+import { addonLock, deferred, eventually, freshDatabase, sleep } from './helpers.mjs'
+
+async function serverTime (client) {
+  return (await client.db('admin').command({ hello: 1 })).localTime.getTime()
+}
+
+test('the stored lease_expires_at lies `lease` after the server\'s time', async (t) => {
+  const { name, db, client } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const locks = db.collection('_locks')
+  const lease = 3_000
+  const before = await serverTime(client)
+  await lock.lock(['manual'], { lease })
+  const after = await serverTime(client)
+  const manual = await locks.findOne({ id: 'manual' })
+  t.true(manual.lease_expires_at instanceof Date, 'a BSON date')
+  const expires = manual.lease_expires_at.getTime()
+  t.log(`lease_expires_at - server time: ${expires - before} .. ${expires - after} ms (lease ${lease})`)
+  t.true(expires >= before + lease, `expires ${expires - before} ms after the server time before the call`)
+  t.true(expires <= after + lease + 2_000, `expires ${expires - after} ms after the server time after the call`)
+
+  await lock.lock(['no lease'])
+  t.false('lease_expires_at' in await locks.findOne({ id: 'no lease' }), 'absent without a lease')
+
+  // doWhileLocked: the lease defaults to lockTimeout.
+  const start = await serverTime(client)
+  const held = await lock.doWhileLocked(['held'], () => locks.findOne({ id: 'held' }), { lockTimeout: 4_000 })
+  const end = await serverTime(client)
+  const heldUntil = held.lease_expires_at.getTime()
+  t.true(heldUntil >= start + 4_000, `expires ${heldUntil - start} ms after the server time before the call`)
+  t.true(heldUntil <= end + 4_000 + 2_000, `expires ${heldUntil - end} ms after the server time after the call`)
+})
+
+test('a waiter of another instance marks the lock contended', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const holder = addonLock(t, name)
+  const waiter = addonLock(t, name)
+  const locks = db.collection('_locks')
+  const inside = deferred()
+  const done = deferred()
+  const holding = holder.doWhileLocked(['c'], async () => { inside.resolve(); await done.promise }, { lockTimeout: 20_000 })
+  await inside.promise
+  t.false('contended' in await locks.findOne({ id: 'c' }), 'not contended while nobody waits')
+  const waiting = waiter.doWhileLocked(['c'], () => locks.findOne({ id: 'c' }), { waitTimeout: 20_000 })
+  t.true(await eventually(async () => (await locks.findOne({ id: 'c' }))?.contended === true), 'the waiter set contended: true')
+  done.resolve()
+  await holding
+  const own = await waiting
+  t.false('contended' in own, 'the waiter\'s own lock starts uncontended')
+})
+
+// A takeover must clear the `contended` mark of the document it takes over, or the new
+// holder's release would yield to a waiter that no longer exists.
+test('a lock taken over after its lease starts uncontended', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const crashed = addonLock(t, name)
+  const taker = addonLock(t, name)
+  await crashed.lock(['expired'], { lease: 300 })
+  const own = await taker.doWhileLocked(['expired'], () => db.collection('_locks').findOne({ id: 'expired' }), { waitTimeout: 5_000 })
+  t.false('contended' in own && own.contended, `contended: ${own.contended}`)
+})
+
+test('local hand-overs: new fencing tokens, and at most 8 in a row before a release in the database', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const locks = db.collection('_locks')
+  const holds = []
+  const inside = deferred()
+  const go = deferred()
+  const first = lock.doWhileLocked(['handed'], async (context) => {
+    holds.push({ doc: (await locks.findOne({ id: 'handed' }))._id.toHexString(), token: context.fencingToken })
+    inside.resolve()
+    await go.promise
+  }, { lockTimeout: 20_000 })
+  await inside.promise
+  const waiters = []
+  for (let i = 0; i < 20; i++) {
+    waiters.push(lock.doWhileLocked(['handed'], async (context) => {
+      holds.push({ doc: (await locks.findOne({ id: 'handed' }))._id.toHexString(), token: context.fencingToken })
+    }, { waitTimeout: 30_000 }))
+  }
+  await sleep(50)
+  go.resolve()
+  await Promise.all([first, ...waiters])
+  t.is(holds.length, 21)
+  for (let i = 1; i < holds.length; i++) {
+    t.true(holds[i].token > holds[i - 1].token, `token ${i} did not increase`)
+  }
+  // A hand-over keeps the lock document (same _id); a release in the database deletes
+  // it and the next holder inserts a new one.
+  const runs = []
+  for (const [i, hold] of holds.entries()) {
+    if (i > 0 && hold.doc === holds[i - 1].doc) runs[runs.length - 1]++
+    else runs.push(1)
+  }
+  t.log(`holds per lock document: ${runs.join(', ')}`)
+  t.true(runs.some((n) => n > 1), 'the lock was handed over locally')
+  t.true(runs.every((n) => n <= 9), 'at most 8 hand-overs after an insert')
+  t.is(await locks.countDocuments(), 0)
+})
+
+test('a release the change stream does not announce is still seen (safety poll)', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const holder = addonLock(t, name)
+  const waiter = addonLock(t, name)
+  const locks = db.collection('_locks')
+  await holder.lock(['polled'])
+  let acquiredAt
+  const waiting = waiter.doWhileLocked(['polled'], () => { acquiredAt = Date.now() }, { waitTimeout: 15_000 })
+  t.true(await eventually(async () => (await locks.findOne({ id: 'polled' }))?.contended === true), 'the waiter is waiting in the database')
+  await sleep(2_500) // long enough for a live change stream to be open
+  // The key becomes free without a delete, so the stream has nothing to report.
+  await locks.updateOne({ id: 'polled' }, { $set: { id: 'moved away' } })
+  const freedAt = Date.now()
+  await waiting
+  t.log(`acquired ${acquiredAt - freedAt} ms after the key was freed`)
+  t.true(acquiredAt >= freedAt)
+})
+
+test('close() rejects a wait that is in the database, and leaves the other instance\'s lock alone', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const holder = addonLock(t, name)
+  const waiter = addonLock(t, name)
+  const locks = db.collection('_locks')
+  await holder.lock(['busy'])
+  // Nothing but close() can end this wait early: no poll within a minute, no lease.
+  const waiting = waiter.doWhileLocked(['busy'], () => 'never', { waitTimeout: 10_000, retryInterval: 60_000 })
+  t.true(await eventually(async () => (await locks.findOne({ id: 'busy' }))?.contended === true), 'the waiter is waiting in the database')
+  const closedAt = Date.now()
+  const closing = waiter.close()
+  const error = await t.throwsAsync(waiting)
+  t.is(error.code, 'ERR_LOCK_CLOSED')
+  t.true(Date.now() - closedAt < 5_000, 'rejected by close(), not at the waitTimeout')
+  await closing
+  t.is(await locks.countDocuments({ id: 'busy' }), 1, 'the holder\'s lock is still there')
+})
+
+/**
+ * Releases a hold at the moment its one local waiter gives up (`giveUp` arranges
+ * that: an abort, or a waitTimeout that ends then), for many keys with the moment
+ * swept across the release. Returns the keys left locked afterwards.
+ */
+async function handOverRaces (t, giveUp) {
+  const { name, db } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const locks = db.collection('_locks')
+  const trials = []
+  for (let i = 0; i < 100; i++) {
+    const key = `race-${i}`
+    const inside = deferred()
+    const holding = lock.doWhileLocked([key], async () => { inside.resolve(); await sleep(40) }, { lockTimeout: 10_000 })
+    await inside.promise
+    const waiting = lock.doWhileLocked([key], () => {}, giveUp(i)).catch(() => {})
+    trials.push(Promise.all([holding, waiting]))
+    await sleep(5)
+  }
+  await Promise.all(trials)
+  await eventually(async () => await locks.countDocuments() === 0, 1_000)
+  return (await locks.find().toArray()).map((doc) => doc.id)
+}
+
+// A hand-over racing the waiter's abort or deadline must not leave the lock in the
+// database with nobody holding it (until its lease passes): before the fix the abort
+// sweep left locks behind in every run, the waitTimeout sweep in about one of three.
+test('a hand-over racing the waiter\'s abort or waitTimeout leaves no lock behind', async (t) => {
+  const [aborted, timedOut] = await Promise.all([
+    handOverRaces(t, (i) => {
+      const controller = new AbortController()
+      setTimeout(() => controller.abort(), 36 + i * 0.1)
+      return { signal: controller.signal, waitTimeout: 10_000 }
+    }),
+    handOverRaces(t, (i) => ({ waitTimeout: 36 + i * 0.1 }))
+  ])
+  t.deepEqual(aborted, [], 'left behind by aborted waiters')
+  t.deepEqual(timedOut, [], 'left behind by waiters at their waitTimeout')
+})
