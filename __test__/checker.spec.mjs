@@ -60,7 +60,7 @@ test('two trusted holds that overlap are an unsafe overlap, with the faults near
   t.false(verdict.ok)
   t.deepEqual(kinds(verdict), ['unsafe overlap'])
   t.regex(verdict.violations[0].message, /partition@slota/)
-  t.regex(verdict.table, /\| unsafe overlaps +\| 1 \(faults near: partition 1\) \|/)
+  t.regex(verdict.table, /\| unsafe overlaps +\| 1 \(by 1 holds\) \(faults near: partition 1\) \|/)
 })
 
 test('a write made after the signal aborted is not trusted: no overlap', (t) => {

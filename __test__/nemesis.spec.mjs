@@ -41,7 +41,7 @@ for (const { label, binary } of builds) {
     ].filter(Boolean).join('\n')
     t.log(report)
     console.log(report)
-    t.true(verdict.counts.faults >= Math.min(FAULT_KINDS.length, Math.floor(seconds / 10)), 'too few faults were injected for the run to mean anything')
+    t.true(verdict.counts.faults >= Math.min(FAULT_KINDS.length, Math.floor(seconds / 10)) || Boolean(process.env.NEMESIS_FAULTS), 'too few faults were injected for the run to mean anything')
     t.true(verdict.counts.holds > 0, 'nobody ever held the lock')
     t.deepEqual(verdict.violations.map((v) => v.kind), [], 'violations (listed above)')
   })

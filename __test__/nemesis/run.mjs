@@ -9,7 +9,7 @@
 // Only addon workers are targets (a killed original holder leaves a lock that never
 // expires: the original's documented flaw). Each target is holding when its fault
 // hits. Then the history goes to checker.mjs (and, with NEMESIS_HISTORY=<file>, to that
-// file as JSON, to look into).
+// file as JSON, to look into). NEMESIS_FAULTS=kill,restart limits the kinds injected.
 import { fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -53,7 +53,17 @@ function random (seed) {
  * Runs the suite for `seconds` against a fresh server started from `binary` (default:
  * the PyPI build), and returns { history, verdict, schedule, seed }.
  */
-export async function runSuite ({ seconds = 60, binary, seed = Number(process.env.NEMESIS_SEED ?? (Date.now() & 0xffff)), addonWorkers = 3, originalWorkers = 2, log = console.log } = {}) {
+export async function runSuite ({
+  seconds = 60,
+  binary,
+  seed = Number(process.env.NEMESIS_SEED ?? (Date.now() & 0xffff)),
+  kinds = process.env.NEMESIS_FAULTS ? process.env.NEMESIS_FAULTS.split(',') : FAULT_KINDS,
+  addonWorkers = 3,
+  originalWorkers = 2,
+  log = console.log
+} = {}) {
+  const unknown = kinds.filter((kind) => !FAULT_KINDS.includes(kind))
+  if (unknown.length) throw new RangeError(`unknown fault kinds ${unknown.join(', ')} (known: ${FAULT_KINDS.join(', ')})`)
   const rand = random(seed)
   const pick = (list) => list[Math.floor(rand() * list.length)]
   const storage = tempStorage()
@@ -190,7 +200,7 @@ export async function runSuite ({ seconds = 60, binary, seed = Number(process.en
     await sleep(3_000)
     const addonSlots = slots.filter((s) => s.impl === 'addon')
     while (now() < injectUntil) {
-      const round = [...FAULT_KINDS].sort(() => rand() - 0.5)
+      const round = [...kinds].sort(() => rand() - 0.5)
       for (const kind of round) {
         if (now() >= injectUntil) break
         const target = kind === 'restart' ? null : pick(addonSlots)
