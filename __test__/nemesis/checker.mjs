@@ -11,7 +11,8 @@
 //   { type: 'abort', call, at, reason }           the hold's context.signal aborted
 //   { type: 'end',   call, at, ok, error }
 // faults: { kind, slot, pid, start, end }; a 'pause' is the SIGSTOP..SIGCONT interval,
-// a 'kill' ends its pid (its unfinished calls are not held against anybody).
+// a 'kill' ends its pid (its unfinished calls are not held against anybody); a 'crash'
+// (a worker that exited on its own, recorded by the harness) is a violation.
 //
 // Safety: a hold is trusted from its start to the last store write it made while its
 // signal was not aborted. Two trusted holds must not overlap, unless the earlier
@@ -43,7 +44,7 @@ export function check (history) {
     else if (event.type === 'abort') call.abortedAt ??= event.at
     else if (event.type === 'end') Object.assign(call, { endAt: event.at, ok: event.ok, error: event.error })
   }
-  const killedAt = new Map(faults.filter((f) => f.kind === 'kill').map((f) => [f.pid, f.start]))
+  const killedAt = new Map(faults.filter((f) => f.kind === 'kill' || f.kind === 'crash').map((f) => [f.pid, f.start]))
   const holds = [...calls.values()].filter((c) => c.heldAt !== undefined)
   for (const hold of holds) {
     hold.writes.sort((a, b) => a.at - b.at)
@@ -138,6 +139,9 @@ export function check (history) {
       violations.push({ kind: 'late call', message: `${describe(call)} waited ${Math.round(stoppedWaiting - call.start)} ms (waitTimeout ${call.waitTimeout} ms + ${boundMs} ms)` })
     }
   }
+  for (const crash of faults.filter((f) => f.kind === 'crash')) {
+    violations.push({ kind: 'crash', message: `worker ${crash.slot} (pid ${crash.pid}) exited on its own` })
+  }
   const starved = slots.filter((slot) => !holds.some((h) => h.slot === slot))
   for (const slot of starved) violations.push({ kind: 'no turns', message: `slot ${slot} never held the lock` })
 
@@ -148,8 +152,9 @@ export function check (history) {
     for (const item of list) counts[item] = (counts[item] ?? 0) + 1
     return Object.entries(counts).map(([k, v]) => `${k} ${v}`).join(', ')
   }
+  const injected = faults.filter((f) => f.kind !== 'crash')
   const rows = [
-    ['faults injected', `${faults.length}${faults.length ? ` (${byKind(faults.map((f) => f.kind))})` : ''}`],
+    ['faults injected', `${injected.length}${injected.length ? ` (${byKind(injected.map((f) => f.kind))})` : ''}`],
     ['calls', `${calls.size} (${[...calls.values()].filter((c) => c.ok === false).length} rejected)`],
     ['holds', `${holds.length} (addon ${holds.filter((h) => h.impl === 'addon').length}, original ${holds.filter((h) => h.impl === 'original').length})`],
     ['takeovers', String(takeovers)],
@@ -160,7 +165,8 @@ export function check (history) {
     ['token inversions', String(inversions)],
     ['lost updates', String(lost)],
     ['late or unsettled calls', String(late)],
-    ['workers without turns', String(starved.length)]
+    ['workers without turns', String(starved.length)],
+    ['worker crashes', String(faults.filter((f) => f.kind === 'crash').length)]
   ]
   const width = Math.max(...rows.map(([k]) => k.length))
   const text = rows.map(([k, v]) => `| ${k.padEnd(width)} | ${v} |`).join('\n')
@@ -168,7 +174,7 @@ export function check (history) {
     ok: violations.length === 0,
     violations,
     counts: {
-      faults: faults.length,
+      faults: injected.length,
       calls: calls.size,
       holds: holds.length,
       takeovers,

@@ -115,6 +115,7 @@ export async function runSuite ({
         stdio: ['ignore', 'inherit', 'inherit', 'ipc']
       })
       slot.child = child
+      child.on('error', (error) => log(`[nemesis] worker ${slot.name} (pid ${child.pid}): ${error.message}`))
       slot.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
       slot.exited.then(({ code, signal }) => {
         if (stopping || slot.child !== child || signal === 'SIGKILL') return
@@ -137,7 +138,7 @@ export async function runSuite ({
         resolve(true)
       }
       child.on('message', onMessage)
-      child.send({ type: 'long', ms: LONG_HOLD })
+      if (child.connected) child.send({ type: 'long', ms: LONG_HOLD })
     })
 
     const inject = {
@@ -220,7 +221,7 @@ export async function runSuite ({
     // Stop: every worker finishes its call and exits; one that cannot within 30 s is
     // killed, and its unfinished calls count against it.
     stopping = true
-    for (const slot of slots) slot.child.send({ type: 'stop' })
+    for (const slot of slots) if (slot.child.connected) slot.child.send({ type: 'stop' })
     const stopped = await Promise.race([
       Promise.all(slots.map((slot) => slot.exited)).then(() => true),
       sleep(30_000).then(() => false)
