@@ -55,12 +55,15 @@ export function check (history) {
   holds.sort((a, b) => a.heldAt - b.heldAt)
   const violations = []
   const describe = (h) => `${h.impl} slot ${h.slot} pid ${h.pid} call ${h.call}${h.token ? ` token ${h.token}` : ''}`
-  // The fault that most likely explains an overlap: the latest one around it that can
-  // make a holder overstay (any but a kill) or a taker come early (a clock step);
-  // else every one around it (a server restart, or none).
+  // The fault that most likely explains an overlap: the latest one that can, namely a
+  // pause or partition of the earlier holder during its hold, or a clock step of either
+  // holder (its wrong offset may last until the next refresh); else every fault around
+  // it (a server restart, or none).
   const faultsNear = (earlier, later) => {
     const around = faults.filter((f) => f.start <= earlier.trustedEnd && (f.end ?? f.start) + faultWindow(f) >= earlier.heldAt)
-    const direct = around.filter((f) => (f.slot === earlier.slot && f.kind !== 'kill') || (f.slot === later.slot && f.kind.startsWith('clock')))
+    const direct = around.filter((f) => f.kind.startsWith('clock')
+      ? f.slot === earlier.slot || f.slot === later.slot
+      : (f.kind === 'pause' || f.kind === 'partition') && f.slot === earlier.slot && f.start < earlier.trustedEnd && f.end > earlier.heldAt)
     return direct.length ? [direct.reduce((a, b) => (b.start > a.start ? b : a))] : around
   }
 
