@@ -241,7 +241,7 @@ export async function runSuite ({
     if (process.env.NEMESIS_HISTORY) writeFileSync(process.env.NEMESIS_HISTORY, JSON.stringify(history))
     return { history, verdict: check(history), schedule, seed, seconds: Math.round((endedAt - startedAt) / 1_000) }
   } finally {
-    for (const cleanup of cleanups.reverse()) await cleanup()
+    for (const cleanup of cleanups.reverse()) await Promise.resolve().then(cleanup).catch((error) => log(`[nemesis] clean-up: ${error.message}`))
     await server.stop()
     removeStorage(storage)
     rmSync(dir, { recursive: true, force: true })
