@@ -26,9 +26,9 @@ export function libfaketime () {
 /** The wall clock of the processes started with `env()`: `set(+10)` steps it 10 s ahead. */
 export class FakeClock {
   constructor (initialSeconds = 0) {
+    this.library = libfaketime()
     this.dir = mkdtempSync(path.join(os.tmpdir(), 'mrl-faketime-'))
     this.file = path.join(this.dir, 'offset')
-    this.library = libfaketime()
     this.offset = 0
     this.set(initialSeconds)
   }
