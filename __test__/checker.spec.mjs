@@ -60,7 +60,7 @@ test('two trusted holds that overlap are an unsafe overlap, with the faults near
   t.false(verdict.ok)
   t.deepEqual(kinds(verdict), ['unsafe overlap'])
   t.regex(verdict.violations[0].message, /partition@slota/)
-  t.regex(verdict.table, /\| unsafe overlaps +\| 1 \(faults near: partition 1\) \|/)
+  t.regex(verdict.table, /\| unsafe overlaps +\| 1 \(by 1 holds\) \(faults near: partition 1\) \|/)
 })
 
 test('a write made after the signal aborted is not trusted: no overlap', (t) => {
@@ -115,7 +115,7 @@ test('a store that counts fewer increments than it accepted lost an update', (t)
   t.regex(verdict.table, /\| lost updates +\| 1 \|/)
 })
 
-test('a call that waits past waitTimeout + the bound, one that never settles, and a slot without turns fail', (t) => {
+test('a call that waits past waitTimeout + the bound, one that never settles, a slot without turns and a crash fail', (t) => {
   const h = history({ slots: ['a', 'b', 'c'], store: { n: 2, accepted: 2, refused: 0 } })
     .hold({ slot: 'a', pid: 1, asked: 1_000, at: 1_100, token: 10, writes: [{ at: 1_150 }], end: 1_160 })
     .hold({ slot: 'b', pid: 2, asked: 1_000, at: 9_500, token: 11, writes: [{ at: 9_550 }], end: 9_560 })
@@ -123,4 +123,6 @@ test('a call that waits past waitTimeout + the bound, one that never settles, an
   h.events.push({ type: 'call', call: 'killed', slot: 'a', pid: 3, impl: 'addon', at: 10_000, waitTimeout: 3_000 })
   h.faults.push({ kind: 'kill', slot: 'a', pid: 3, start: 10_500 })
   t.deepEqual(kinds(check(h)).sort(), ['late call', 'no turns', 'unsettled call'])
+  h.faults.push({ kind: 'crash', slot: 'a', pid: 1, start: 11_000 })
+  t.deepEqual(kinds(check(h)).sort(), ['crash', 'late call', 'no turns'], 'a crashed worker fails the run (its unfinished call does not)')
 })

@@ -11,7 +11,8 @@
 //   { type: 'abort', call, at, reason }           the hold's context.signal aborted
 //   { type: 'end',   call, at, ok, error }
 // faults: { kind, slot, pid, start, end }; a 'pause' is the SIGSTOP..SIGCONT interval,
-// a 'kill' ends its pid (its unfinished calls are not held against anybody).
+// a 'kill' ends its pid (its unfinished calls are not held against anybody); a 'crash'
+// (a worker that exited on its own, recorded by the harness) is a violation.
 //
 // Safety: a hold is trusted from its start to the last store write it made while its
 // signal was not aborted. Two trusted holds must not overlap, unless the earlier
@@ -43,7 +44,7 @@ export function check (history) {
     else if (event.type === 'abort') call.abortedAt ??= event.at
     else if (event.type === 'end') Object.assign(call, { endAt: event.at, ok: event.ok, error: event.error })
   }
-  const killedAt = new Map(faults.filter((f) => f.kind === 'kill').map((f) => [f.pid, f.start]))
+  const killedAt = new Map(faults.filter((f) => f.kind === 'kill' || f.kind === 'crash').map((f) => [f.pid, f.start]))
   const holds = [...calls.values()].filter((c) => c.heldAt !== undefined)
   for (const hold of holds) {
     hold.writes.sort((a, b) => a.at - b.at)
@@ -54,12 +55,15 @@ export function check (history) {
   holds.sort((a, b) => a.heldAt - b.heldAt)
   const violations = []
   const describe = (h) => `${h.impl} slot ${h.slot} pid ${h.pid} call ${h.call}${h.token ? ` token ${h.token}` : ''}`
-  // The fault that most likely explains an overlap: the latest one around it that can
-  // make a holder overstay (any but a kill) or a taker come early (a clock step);
-  // else every one around it (a server restart, or none).
+  // The fault that most likely explains an overlap: the latest one that can, namely a
+  // pause or partition of the earlier holder during its hold, or a clock step of either
+  // holder (its wrong offset may last until the next refresh); else every fault around
+  // it (a server restart, or none).
   const faultsNear = (earlier, later) => {
     const around = faults.filter((f) => f.start <= earlier.trustedEnd && (f.end ?? f.start) + faultWindow(f) >= earlier.heldAt)
-    const direct = around.filter((f) => (f.slot === earlier.slot && f.kind !== 'kill') || (f.slot === later.slot && f.kind.startsWith('clock')))
+    const direct = around.filter((f) => f.kind.startsWith('clock')
+      ? f.slot === earlier.slot || f.slot === later.slot
+      : (f.kind === 'pause' || f.kind === 'partition') && f.slot === earlier.slot && f.start < earlier.trustedEnd && f.end > earlier.heldAt)
     return direct.length ? [direct.reduce((a, b) => (b.start > a.start ? b : a))] : around
   }
 
@@ -138,6 +142,9 @@ export function check (history) {
       violations.push({ kind: 'late call', message: `${describe(call)} waited ${Math.round(stoppedWaiting - call.start)} ms (waitTimeout ${call.waitTimeout} ms + ${boundMs} ms)` })
     }
   }
+  for (const crash of faults.filter((f) => f.kind === 'crash')) {
+    violations.push({ kind: 'crash', message: `worker ${crash.slot} (pid ${crash.pid}) exited on its own` })
+  }
   const starved = slots.filter((slot) => !holds.some((h) => h.slot === slot))
   for (const slot of starved) violations.push({ kind: 'no turns', message: `slot ${slot} never held the lock` })
 
@@ -148,19 +155,21 @@ export function check (history) {
     for (const item of list) counts[item] = (counts[item] ?? 0) + 1
     return Object.entries(counts).map(([k, v]) => `${k} ${v}`).join(', ')
   }
+  const injected = faults.filter((f) => f.kind !== 'crash')
   const rows = [
-    ['faults injected', `${faults.length}${faults.length ? ` (${byKind(faults.map((f) => f.kind))})` : ''}`],
+    ['faults injected', `${injected.length}${injected.length ? ` (${byKind(injected.map((f) => f.kind))})` : ''}`],
     ['calls', `${calls.size} (${[...calls.values()].filter((c) => c.ok === false).length} rejected)`],
     ['holds', `${holds.length} (addon ${holds.filter((h) => h.impl === 'addon').length}, original ${holds.filter((h) => h.impl === 'original').length})`],
     ['takeovers', String(takeovers)],
     ['signals aborted', String(holds.filter((h) => h.abortedAt !== undefined).length)],
     ['store writes', `${store.accepted} accepted, ${store.refused} refused`],
-    ['fenced overlaps', String(overlaps.fenced.length)],
-    ['unsafe overlaps', `${overlaps.unsafe.length}${overlaps.unsafe.length ? ` (faults near: ${byKind(overlaps.unsafe.flatMap((o) => [...new Set(o.faults.map((f) => f.kind))]))})` : ''}`],
+    ['fenced overlaps', `${overlaps.fenced.length}${overlaps.fenced.length ? ` (by ${new Set(overlaps.fenced.map((o) => o.earlier.call)).size} paused holds)` : ''}`],
+    ['unsafe overlaps', `${overlaps.unsafe.length}${overlaps.unsafe.length ? ` (by ${new Set(overlaps.unsafe.map((o) => o.earlier.call)).size} holds)` : ''}${overlaps.unsafe.length ? ` (faults near: ${byKind(overlaps.unsafe.flatMap((o) => [...new Set(o.faults.map((f) => f.kind))]))})` : ''}`],
     ['token inversions', String(inversions)],
     ['lost updates', String(lost)],
     ['late or unsettled calls', String(late)],
-    ['workers without turns', String(starved.length)]
+    ['workers without turns', String(starved.length)],
+    ['worker crashes', String(faults.filter((f) => f.kind === 'crash').length)]
   ]
   const width = Math.max(...rows.map(([k]) => k.length))
   const text = rows.map(([k, v]) => `| ${k.padEnd(width)} | ${v} |`).join('\n')
@@ -168,7 +177,7 @@ export function check (history) {
     ok: violations.length === 0,
     violations,
     counts: {
-      faults: faults.length,
+      faults: injected.length,
       calls: calls.size,
       holds: holds.length,
       takeovers,

@@ -9,12 +9,14 @@ import path from 'node:path'
 
 /** The path of libfaketime.so.1, or an error that names the package to install. */
 export function libfaketime () {
-  if (process.env.LIBFAKETIME) return process.env.LIBFAKETIME
-  let listed = ''
-  try {
-    listed = execFileSync('dpkg', ['-L', 'libfaketime'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
-  } catch {}
-  const found = listed.split('\n').find((line) => line.endsWith('/libfaketime.so.1'))
+  let found = process.env.LIBFAKETIME
+  if (!found) {
+    let listed = ''
+    try {
+      listed = execFileSync('dpkg', ['-L', 'libfaketime'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    } catch {}
+    found = listed.split('\n').find((line) => line.endsWith('/libfaketime.so.1'))
+  }
   if (!found || !existsSync(found)) {
     throw new Error('libfaketime is missing: install the Debian package `faketime` (apt-get install faketime, as .ci/run does), or set LIBFAKETIME to the path of libfaketime.so.1')
   }
@@ -24,9 +26,9 @@ export function libfaketime () {
 /** The wall clock of the processes started with `env()`: `set(+10)` steps it 10 s ahead. */
 export class FakeClock {
   constructor (initialSeconds = 0) {
+    this.library = libfaketime()
     this.dir = mkdtempSync(path.join(os.tmpdir(), 'mrl-faketime-'))
     this.file = path.join(this.dir, 'offset')
-    this.library = libfaketime()
     this.offset = 0
     this.set(initialSeconds)
   }

@@ -9,7 +9,7 @@
 // Only addon workers are targets (a killed original holder leaves a lock that never
 // expires: the original's documented flaw). Each target is holding when its fault
 // hits. Then the history goes to checker.mjs (and, with NEMESIS_HISTORY=<file>, to that
-// file as JSON, to look into).
+// file as JSON, to look into). NEMESIS_FAULTS=kill,restart limits the kinds injected.
 import { fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -53,7 +53,17 @@ function random (seed) {
  * Runs the suite for `seconds` against a fresh server started from `binary` (default:
  * the PyPI build), and returns { history, verdict, schedule, seed }.
  */
-export async function runSuite ({ seconds = 60, binary, seed = Number(process.env.NEMESIS_SEED ?? (Date.now() & 0xffff)), addonWorkers = 3, originalWorkers = 2, log = console.log } = {}) {
+export async function runSuite ({
+  seconds = 60,
+  binary,
+  seed = Number(process.env.NEMESIS_SEED ?? (Date.now() & 0xffff)),
+  kinds = process.env.NEMESIS_FAULTS ? process.env.NEMESIS_FAULTS.split(',') : FAULT_KINDS,
+  addonWorkers = 3,
+  originalWorkers = 2,
+  log = console.log
+} = {}) {
+  const unknown = kinds.filter((kind) => !FAULT_KINDS.includes(kind))
+  if (unknown.length) throw new RangeError(`unknown fault kinds ${unknown.join(', ')} (known: ${FAULT_KINDS.join(', ')})`)
   const rand = random(seed)
   const pick = (list) => list[Math.floor(rand() * list.length)]
   const storage = tempStorage()
@@ -105,6 +115,7 @@ export async function runSuite ({ seconds = 60, binary, seed = Number(process.en
         stdio: ['ignore', 'inherit', 'inherit', 'ipc']
       })
       slot.child = child
+      child.on('error', (error) => log(`[nemesis] worker ${slot.name} (pid ${child.pid}): ${error.message}`))
       slot.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
       slot.exited.then(({ code, signal }) => {
         if (stopping || slot.child !== child || signal === 'SIGKILL') return
@@ -127,7 +138,7 @@ export async function runSuite ({ seconds = 60, binary, seed = Number(process.en
         resolve(true)
       }
       child.on('message', onMessage)
-      child.send({ type: 'long', ms: LONG_HOLD })
+      if (child.connected) child.send({ type: 'long', ms: LONG_HOLD })
     })
 
     const inject = {
@@ -190,7 +201,7 @@ export async function runSuite ({ seconds = 60, binary, seed = Number(process.en
     await sleep(3_000)
     const addonSlots = slots.filter((s) => s.impl === 'addon')
     while (now() < injectUntil) {
-      const round = [...FAULT_KINDS].sort(() => rand() - 0.5)
+      const round = [...kinds].sort(() => rand() - 0.5)
       for (const kind of round) {
         if (now() >= injectUntil) break
         const target = kind === 'restart' ? null : pick(addonSlots)
@@ -210,7 +221,7 @@ export async function runSuite ({ seconds = 60, binary, seed = Number(process.en
     // Stop: every worker finishes its call and exits; one that cannot within 30 s is
     // killed, and its unfinished calls count against it.
     stopping = true
-    for (const slot of slots) slot.child.send({ type: 'stop' })
+    for (const slot of slots) if (slot.child.connected) slot.child.send({ type: 'stop' })
     const stopped = await Promise.race([
       Promise.all(slots.map((slot) => slot.exited)).then(() => true),
       sleep(30_000).then(() => false)
@@ -230,7 +241,7 @@ export async function runSuite ({ seconds = 60, binary, seed = Number(process.en
     if (process.env.NEMESIS_HISTORY) writeFileSync(process.env.NEMESIS_HISTORY, JSON.stringify(history))
     return { history, verdict: check(history), schedule, seed, seconds: Math.round((endedAt - startedAt) / 1_000) }
   } finally {
-    for (const cleanup of cleanups.reverse()) await cleanup()
+    for (const cleanup of cleanups.reverse()) await Promise.resolve().then(cleanup).catch((error) => log(`[nemesis] clean-up: ${error.message}`))
     await server.stop()
     removeStorage(storage)
     rmSync(dir, { recursive: true, force: true })

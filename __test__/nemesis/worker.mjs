@@ -37,14 +37,14 @@ process.on('message', (message) => {
   if (message.type === 'long') longHold = message.ms
 })
 
-async function hold (call, context) {
+async function hold (call, context, state) {
   const signal = context?.signal
   const token = impl === 'addon' ? context.fencingToken : null
   record({ type: 'hold', call, at: now(), token: token === null ? null : String(token) })
   signal?.addEventListener('abort', () => record({ type: 'abort', call, at: now(), reason: String(signal.reason?.message ?? signal.reason) }))
   // The original has no owner field: remember our own document, to delete it if the
   // original's release fails (it would block the key forever, its documented flaw).
-  const mine = impl === 'original' ? await locks.findOne({ id: key }, { projection: { _id: 1 } }) : null
+  if (impl === 'original') state.mine = await locks.findOne({ id: key }, { projection: { _id: 1 } })
   const ms = longHold
   longHold = 0
   if (ms) process.send?.({ type: 'inside', call })
@@ -60,6 +60,8 @@ async function hold (call, context) {
       break
     }
     await sleep(20)
+    // Written even when the signal aborted meanwhile (recorded so, and not trusted by
+    // the checker): the store's fencing must refuse it.
     const aborted = signal?.aborted ?? false
     const sentAt = now()
     let accepted = null
@@ -70,20 +72,19 @@ async function hold (call, context) {
     }
     if (ms) await sleep(100)
   } while (performance.now() < until)
-  return mine
 }
 
 async function loop (caller) {
   for (let i = 0; !stopping; i++) {
     const call = `${process.pid}.${caller}.${i}`
     record({ type: 'call', call, slot, pid: process.pid, impl, at: now(), waitTimeout: options.waitTimeout })
-    let mine = null
+    const state = {}
     try {
-      await lock.doWhileLocked([key], async (context) => { mine = await hold(call, context) }, options)
+      await lock.doWhileLocked([key], (context) => hold(call, context, state), options)
       record({ type: 'end', call, at: now(), ok: true })
     } catch (error) {
       record({ type: 'end', call, at: now(), ok: false, error: String(error?.message ?? error).slice(0, 200) })
-      if (mine) await cleanUp(mine._id)
+      if (state.mine) await cleanUp(state.mine._id)
       await sleep(50)
     }
     await sleep(Math.random() * 30)
