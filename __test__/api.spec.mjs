@@ -58,7 +58,9 @@ test('unlock resolves undefined, and rejects when there is nothing to delete', a
   t.is(await lock.unlock(['a', 'b']), undefined)
   const error = await t.throwsAsync(lock.unlock(['a', 'b']))
   t.is(error.message, 'Was not able to delete a,b.')
-  t.is(error.constructor, Error)
+  t.true(error instanceof Error)
+  t.is(error.name, 'Error', 'a plain Error to code written for the original')
+  t.is(error.code, 'ERR_LOCK_NOT_DELETED')
 })
 
 test('anyone may unlock any key, as in the original', async (t) => {

@@ -15,22 +15,23 @@ const classes = [['plain class', Native], ['traced class', Traced]]
 
 const type = (message) => ({ instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE', message })
 const range = (message) => ({ instanceOf: RangeError, code: 'ERR_OUT_OF_RANGE', message })
+const value = (message) => ({ instanceOf: TypeError, code: 'ERR_INVALID_ARG_VALUE', message })
 
 const cases = [
-  ['lock: an object id', (l) => l.lock([{ $gt: '' }]), type(/^resourceIds\[0\] must be a string or a finite number, got an object$/)],
+  ['lock: an object id', (l) => l.lock([{ $gt: '' }]), type(/^resourceIds\[0\] must be a string, a finite number or a BSON scalar such as an ObjectId, got an object$/)],
   ['lock: no ids', (l) => l.lock(), type(/^resourceIds must be/)],
   ['lock: null ids', (l) => l.lock(null), type(/^resourceIds must be/)],
-  ['lock: empty ids', (l) => l.lock([]), range(/^resourceIds must not be empty$/)],
+  ['lock: empty ids', (l) => l.lock([]), value(/^resourceIds must not be empty$/)],
   ['lock: NaN id', (l) => l.lock([NaN]), type(/non-finite number/)],
   ['lock: sparse ids', (l) => l.lock([, 'a']), type(/^resourceIds\[0\] .* got undefined$/)], // eslint-disable-line no-sparse-arrays
   ['lock: negative lease', (l) => l.lock(['a'], { lease: -1 }), range(/^options\.lease/)],
   ['lock: string lease', (l) => l.lock(['a'], { lease: '5' }), type(/^options\.lease must be a number/)],
   ['lock: string options', (l) => l.lock(['a'], 'x'), type(/^options must be an object/)],
   ['unlock: an object id', (l) => l.unlock([{}]), type(/^resourceIds\[0\]/)],
-  ['unlock: a bigint id', (l) => l.unlock([10n]), type(/got a bigint$/)],
+  ['unlock: a bigint id beyond 64 bits', (l) => l.unlock([2n ** 64n]), type(/got a bigint$/)],
   ['doWhileLocked: no callback', (l) => l.doWhileLocked(['a']), type(/^callback must be a function, got undefined$/)],
   ['doWhileLocked: a string callback', (l) => l.doWhileLocked(['a'], 'x'), type(/^callback must be a function, got a string$/)],
-  ['doWhileLocked: a boolean id', (l) => l.doWhileLocked([true], () => {}), type(/^resourceIds\[0\]/)],
+  ['doWhileLocked: a function id', (l) => l.doWhileLocked([() => {}], () => {}), type(/^resourceIds\[0\]/)],
   ['doWhileLocked: a symbol id', (l) => l.doWhileLocked([Symbol('s')], () => {}), type(/got a symbol$/)],
   ['doWhileLocked: string options', (l) => l.doWhileLocked(['a'], () => {}, 'opts'), type(/^options must be an object/)],
   ['doWhileLocked: negative lockTimeout', (l) => l.doWhileLocked(['a'], () => {}, { lockTimeout: -1 }), range(/^options\.lockTimeout/)],
