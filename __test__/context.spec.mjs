@@ -1,6 +1,8 @@
 // The callback runs in the caller's async context: AsyncLocalStorage and the active
 // OpenTelemetry span seen where doWhileLocked is called are seen inside it.
 import { AsyncLocalStorage } from 'node:async_hooks'
+import v8 from 'node:v8'
+import vm from 'node:vm'
 import test from 'ava'
 import { context, trace } from '@opentelemetry/api'
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks'
@@ -24,6 +26,25 @@ test('an AsyncLocalStorage store set around the call is visible in the callback,
   await holding
   t.deepEqual(await Promise.all(queued), [{ request: 2 }, { request: 3 }])
   t.is(storage.getStore(), undefined)
+})
+
+test('the caller\'s store survives garbage collection while the call waits', async (t) => {
+  v8.setFlagsFromString('--expose-gc')
+  const gc = vm.runInNewContext('gc')
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const storage = new AsyncLocalStorage()
+  let release
+  const holding = lock.doWhileLocked(['gc'], () => new Promise((resolve) => { release = resolve }))
+  await sleep(50)
+  const queued = storage.run({ request: 'queued' }, () => lock.doWhileLocked(['gc'], () => storage.getStore(), { waitTimeout: 5_000 }))
+  for (let i = 0; i < 5; i++) {
+    gc()
+    await sleep(10)
+  }
+  release()
+  await holding
+  t.deepEqual(await queued, { request: 'queued' })
 })
 
 test.serial('the active span inside the callback is the call\'s own span', async (t) => {

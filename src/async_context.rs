@@ -11,6 +11,10 @@ use napi::{check_status, sys, Env, JsValue, Status, Unknown};
 pub struct CallerContext {
     env: sys::napi_env,
     raw: sys::napi_async_context,
+    /// The async resource, held strongly: Node holds it weakly, and once it is
+    /// collected the callback runs with a fresh resource and none of the caller's
+    /// stores (seen after a GC between the call and the callback).
+    resource: sys::napi_ref,
 }
 
 impl CallerContext {
@@ -18,6 +22,10 @@ impl CallerContext {
     pub fn capture(env: &Env) -> napi::Result<Self> {
         let name = env.create_string("mongodb-resource-lock")?;
         let resource = napi::bindgen_prelude::Object::new(env)?;
+        let mut held = ptr::null_mut();
+        check_status!(unsafe {
+            sys::napi_create_reference(env.raw(), resource.raw(), 1, &mut held)
+        })?;
         let mut raw = ptr::null_mut();
         check_status!(unsafe {
             sys::napi_async_init(env.raw(), resource.raw(), name.raw(), &mut raw)
@@ -25,6 +33,7 @@ impl CallerContext {
         Ok(CallerContext {
             env: env.raw(),
             raw,
+            resource: held,
         })
     }
 
@@ -67,6 +76,9 @@ impl Drop for CallerContext {
     /// Dropped with the gate function that owns it, by its finalizer, on the
     /// JavaScript thread.
     fn drop(&mut self) {
-        unsafe { sys::napi_async_destroy(self.env, self.raw) };
+        unsafe {
+            sys::napi_async_destroy(self.env, self.raw);
+            sys::napi_delete_reference(self.env, self.resource);
+        }
     }
 }
