@@ -116,7 +116,7 @@ impl<'env> Controller<'env> {
 
 pub struct LockContext {
     pub key: JsKey,
-    pub fencing_token: u64,
+    pub fencing_token: u128,
     pub signal: ContextSignal,
     pub gate: WorkGate,
 }

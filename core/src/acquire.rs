@@ -10,9 +10,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{LockError, Result};
+use crate::guard::{DbHold, LockGuard};
 use crate::key::LockKey;
-use crate::lease::{HoldOptions, LockGuard};
-use crate::local_queue::{Inherited, LocalTurn};
+use crate::lease::HoldOptions;
+use crate::local_queue::LocalTurn;
 use crate::shared::Shared;
 use crate::store::{Blocker, Held};
 
@@ -44,14 +45,15 @@ pub(crate) async fn acquire(
         deadline: Instant::now() + options.wait_timeout,
     };
     let mut turn = wait.local_turn().await?;
-    let owner = uuid::Uuid::new_v4().simple().to_string();
-    if let Some(inherited) = turn.inherit() {
-        match wait.inherit(&inherited, &owner).await? {
-            Some(held) => return Ok(wait.guard(held, turn)),
-            // Lost while it waited for us (its lease ran out): compete as usual.
-            None => turn.inheritance_lost(),
+    if let Some(hold) = turn.inherit().and_then(DbHold::from_orphan) {
+        if !hold.is_lost() {
+            return Ok(LockGuard::inherit(hold, options.hold, turn));
         }
+        // Lost while it waited for us (its lease ran out): compete as usual.
+        let _ = hold.end().await;
+        turn.inheritance_lost();
     }
+    let owner = uuid::Uuid::new_v4().simple().to_string();
     if let Some(until) = turn.yielding_until() {
         wait.interruptible(async {
             tokio::time::sleep_until(until.min(wait.deadline)).await;
@@ -75,7 +77,7 @@ struct Wait<'a> {
 impl Wait<'_> {
     fn guard(&self, held: Held, turn: LocalTurn) -> LockGuard {
         let (shared, key, hold) = (self.shared.clone(), self.key.clone(), self.options.hold);
-        LockGuard::start(shared, key, held, hold, Some(turn))
+        LockGuard::first(shared, key, held, hold, turn)
     }
 
     /// The reason to stop waiting now, if there is one.
@@ -113,43 +115,19 @@ impl Wait<'_> {
         let waited = self.interruptible(async { Ok(slot.turn().await) }).await;
         if waited.is_err() {
             // A lock may have been handed to us in the moment we gave up.
-            if let Some(orphan) = slot.take_orphaned() {
-                let _ = self
-                    .shared
-                    .store
-                    .delete_owned(self.key, &orphan.owner)
-                    .await;
+            if let Some(orphan) = slot.take_orphaned().and_then(DbHold::from_orphan) {
+                let _ = orphan.end().await;
             }
         }
         waited
     }
 
-    /// Makes the lock the previous local holder left for us ours: one write, a fresh
-    /// lease and fencing token. `None` when it was lost meanwhile.
-    async fn inherit(&self, inherited: &Inherited, owner: &str) -> Result<Option<Held>> {
-        let from = inherited.owner.clone();
-        let transfer = {
-            let (shared, key) = (self.shared.clone(), self.key.clone());
-            let (from, to, lease) = (from.clone(), owner.to_owned(), self.options.hold.lease);
-            async move { shared.store.transfer(&key, &from, &to, Some(lease)).await }
-        };
-        match self.acquiring_write(transfer, Some(from.clone())).await {
-            Err(e @ LockError::Mongo(_)) => {
-                let _ = self.shared.store.delete_owned(self.key, &from).await;
-                Err(e)
-            }
-            other => other,
-        }
-    }
-
     /// Runs a write that may take the lock. If the wait ends while it is in flight
     /// (abort, `close()`, `waitTimeout`), the call ends at once and the write finishes
-    /// in the background, where the lock it took (or `left_over`, the inherited lock a
-    /// failed transfer leaves) is deleted again.
+    /// in the background, where the lock it took is deleted again.
     async fn acquiring_write(
         &self,
         write: impl Future<Output = Result<Option<Held>>> + Send + 'static,
-        left_over: Option<String>,
     ) -> Result<Option<Held>> {
         let mut task = tokio::spawn(write);
         let joined = self
@@ -162,13 +140,8 @@ impl Wait<'_> {
         if let Err(LockError::Aborted | LockError::Closed | LockError::WaitTimeout) = &joined {
             let (shared, key) = (self.shared.clone(), self.key.clone());
             tokio::spawn(async move {
-                let stale = match task.await {
-                    Ok(Ok(Some(held))) => Some(held.owner),
-                    Ok(Ok(None)) => None,
-                    _ => left_over,
-                };
-                if let Some(owner) = stale {
-                    let _ = shared.store.delete_owned(&key, &owner).await;
+                if let Ok(Ok(Some(held))) = task.await {
+                    let _ = shared.store.delete_owned(&key, &held.owner).await;
                 }
             });
         }
@@ -179,7 +152,7 @@ impl Wait<'_> {
         let (shared, key, owner) = (self.shared.clone(), self.key.clone(), owner.to_owned());
         let lease = Some(self.options.hold.lease);
         let insert = async move { shared.store.insert(&key, &owner, lease).await.map(Some) };
-        match self.acquiring_write(insert, None).await {
+        match self.acquiring_write(insert).await {
             Err(LockError::DuplicateKey { .. }) => Ok(None),
             other => other,
         }
@@ -189,7 +162,7 @@ impl Wait<'_> {
         let (shared, key, blocker) = (self.shared.clone(), self.key.clone(), blocker.clone());
         let (owner, lease) = (owner.to_owned(), Some(self.options.hold.lease));
         let write = async move { shared.store.take_over(&key, &blocker, &owner, lease).await };
-        self.acquiring_write(write, None).await
+        self.acquiring_write(write).await
     }
 
     /// Tries until the lock is ours, waiting between attempts for the document in the

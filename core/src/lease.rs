@@ -1,5 +1,5 @@
-//! A held lock: its lease, its renewal, the moment it stops being safely held, and
-//! its release (or hand-over to the next local waiter).
+//! The lease of a lock this process holds in the database: its renewal, and the moment
+//! it stops being safely held (`Keeper`). The holders' side is in `guard.rs`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +15,7 @@ use crate::key::LockKey;
 use crate::local_queue::LocalTurn;
 use crate::server_clock::MAX_DRIFT;
 use crate::shared::Shared;
-use crate::store::{Held, Released};
+use crate::store::Held;
 
 /// How a held lock behaves over time.
 #[derive(Debug, Clone, Copy)]
@@ -42,14 +42,13 @@ pub fn trusted(lease: Duration) -> Duration {
         .saturating_sub(Duration::from_millis(1))
 }
 
-/// What the holder's side learns when the lock is lost: shared by the guard and its
-/// keeper.
+/// What the holders learn when the lock is lost: shared by the keeper and the guards.
 #[derive(Clone, Default)]
-struct Loss {
-    lost: CancellationToken,
+pub(crate) struct Loss {
+    pub lost: CancellationToken,
     reason: Arc<Mutex<Option<LockError>>>,
-    /// Given up as soon as the lock is lost so that the next local waiter is not
-    /// held behind a lock that is no longer ours.
+    /// The current holder's local turn, given up as soon as the lock is lost so that
+    /// the next local waiter is not held behind a lock that is no longer ours.
     turn: Arc<Mutex<Option<LocalTurn>>>,
 }
 
@@ -63,11 +62,15 @@ impl Loss {
         drop(self.take_turn());
     }
 
-    fn take_turn(&self) -> Option<LocalTurn> {
+    pub fn take_turn(&self) -> Option<LocalTurn> {
         self.turn.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    fn reason(&self) -> LockError {
+    pub fn give_turn(&self, turn: LocalTurn) {
+        *self.turn.lock().unwrap_or_else(|e| e.into_inner()) = Some(turn);
+    }
+
+    pub fn reason(&self) -> LockError {
         self.reason
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -76,71 +79,45 @@ impl Loss {
     }
 }
 
-/// Lets protected work start only while the lock is still held, and starts the
-/// `lock_timeout` clock when it does. Cheap to clone; usable from any thread.
-#[derive(Clone)]
-pub struct WorkGate {
-    lost: CancellationToken,
-    started: Arc<watch::Sender<Option<Instant>>>,
+/// The protected work of the current holder: when it started, and how long it may run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Work {
+    pub started: Instant,
+    pub lock_timeout: Option<Duration>,
 }
 
-impl WorkGate {
-    /// `true` when the work may start now (the lock is held); `false` when the lock
-    /// was lost first, and the work must not start at all.
-    pub fn enter(&self) -> bool {
-        if self.lost.is_cancelled() {
-            return false;
-        }
-        self.started.send_replace(Some(Instant::now()));
-        true
-    }
-
-    /// Whether `enter` let the work start.
-    pub fn entered(&self) -> bool {
-        self.started.borrow().is_some()
-    }
-}
-
-pub struct LockGuard {
-    service: Arc<Shared>,
-    key: LockKey,
-    held: Held,
-    loss: Loss,
-    gate: WorkGate,
-    stop: CancellationToken,
+/// A running keeper: stopped when this is dropped or `stop` is called.
+pub(crate) struct KeeperHandle {
+    pub loss: Loss,
+    pub work: Arc<watch::Sender<Option<Work>>>,
     extends: mpsc::UnboundedSender<Extend>,
-    released: bool,
+    stop: CancellationToken,
 }
 
-impl LockGuard {
-    pub(crate) fn start(
-        service: Arc<Shared>,
+impl KeeperHandle {
+    /// Starts keeping the lock `held` of `key` with `lease`.
+    pub fn start(
+        shared: Arc<Shared>,
         key: LockKey,
-        held: Held,
-        options: HoldOptions,
-        turn: Option<LocalTurn>,
+        held: &Held,
+        lease: Duration,
+        turn: LocalTurn,
     ) -> Self {
-        service.hold_started(&held.owner);
-        let loss = Loss {
-            turn: Arc::new(Mutex::new(turn)),
-            ..Loss::default()
-        };
-        let gate = WorkGate {
-            lost: loss.lost.clone(),
-            started: Arc::new(watch::channel(None).0),
-        };
+        let loss = Loss::default();
+        loss.give_turn(turn);
+        let work = Arc::new(watch::channel(None).0);
         let (extends, extend_requests) = mpsc::unbounded_channel();
         let keeper = Keeper {
-            shared: service.clone(),
-            key: key.clone(),
+            shared,
+            key,
             owner: held.owner.clone(),
-            options,
-            valid_until: held.sent_at + trusted(options.lease),
-            started: gate.started.subscribe(),
+            lease,
+            valid_until: held.sent_at + trusted(lease),
+            work: work.subscribe(),
             extends: extend_requests,
             renewal: None,
             replies: (Vec::new(), Vec::new()),
-            next_renewal: held.sent_at + (options.lease / 3).max(Duration::from_millis(1)),
+            next_renewal: held.sent_at + (lease / 3).max(Duration::from_millis(1)),
             last_error: None,
         };
         let stop = CancellationToken::new();
@@ -148,133 +125,37 @@ impl LockGuard {
         tokio::spawn(stop.clone().run_until_cancelled_owned(async move {
             on_loss.signal(keeper.run().await);
         }));
-        LockGuard {
-            service,
-            key,
-            held,
+        KeeperHandle {
             loss,
-            gate,
-            stop,
+            work,
             extends,
-            released: false,
+            stop,
         }
     }
 
-    pub fn fencing_token(&self) -> u64 {
-        self.held.fencing_token
-    }
-
-    /// The gate the protected work must pass to start.
-    pub fn gate(&self) -> WorkGate {
-        self.gate.clone()
-    }
-
-    /// Resolves when the lock is no longer safely held, with the reason.
-    pub async fn lost(&self) -> LockError {
-        self.loss.lost.cancelled().await;
-        self.loss.reason()
-    }
-
-    /// Resolves with the reason when the lock is lost, or with `None` when it is
-    /// released (or the guard dropped) first. Owns what it needs, so it can outlive
-    /// the guard without keeping it alive.
-    pub fn lost_or_released(&self) -> impl Future<Output = Option<LockError>> + Send + 'static {
-        let (loss, stop) = (self.loss.clone(), self.stop.clone());
-        async move {
-            tokio::select! {
-                biased;
-                _ = loss.lost.cancelled() => Some(loss.reason()),
-                _ = stop.cancelled() => None,
-            }
-        }
-    }
-
-    /// Writes a lease of `lease` from now, and keeps renewing with it. Fails with
-    /// the reason when the lock is lost, or with the driver's error when the write
-    /// failed (the lock is then still held until its current lease ends).
-    pub async fn extend(&self, lease: Duration) -> Result<()> {
-        let (reply, replied) = oneshot::channel();
-        if self.extends.send(Extend { lease, reply }).is_err() {
-            return Err(self.loss.reason());
-        }
-        match replied.await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(self.loss.reason()),
-        }
-    }
-
-    /// Releases the lock: hands it to the next waiter of this process when there is
-    /// one (for at most `MAX_LOCAL_HANDOVERS` turns in a row), else deletes it, but
-    /// only if it is still ours. `Ok(false)` when it was no longer ours.
-    pub async fn release(mut self) -> Result<bool> {
-        self.released = true;
+    pub fn stop(&self) {
         self.stop.cancel();
-        let turn = self.loss.take_turn();
-        let still_ours = !self.loss.lost.is_cancelled();
-        let owner = self.held.owner.clone();
-        release(&self.service, &self.key, owner, turn, still_ours).await
+    }
+
+    /// Asks for a lease of `lease` from now; the reply says whether it was written.
+    pub fn extend(&self, lease: Duration) -> oneshot::Receiver<Result<()>> {
+        let (reply, replied) = oneshot::channel();
+        let _ = self.extends.send(Extend { lease, reply });
+        replied
     }
 }
 
-impl Drop for LockGuard {
-    /// A guard dropped without `release` (its future was cancelled) must not keep
-    /// the key locked until the lease runs out.
+impl Drop for KeeperHandle {
     fn drop(&mut self) {
         self.stop.cancel();
-        if self.released {
-            self.service.hold_ended(&self.held.owner);
-            return;
-        }
-        let (service, key, owner, turn) = (
-            self.service.clone(),
-            self.key.clone(),
-            self.held.owner.clone(),
-            self.loss.take_turn(),
-        );
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = release(&service, &key, owner.clone(), turn, false).await;
-                service.hold_ended(&owner);
-            });
-        } else {
-            self.service.hold_ended(&self.held.owner);
-        }
     }
-}
-
-async fn release(
-    service: &Shared,
-    key: &LockKey,
-    owner: String,
-    turn: Option<LocalTurn>,
-    hand_over: bool,
-) -> Result<bool> {
-    let Some(mut turn) = turn else {
-        return Ok(service.store.delete_owned(key, &owner).await? != Released::NotOurs);
-    };
-    if hand_over && !service.is_closed() && turn.may_hand_over() {
-        let slot = turn.hand_over(owner);
-        // The waiter may have given up in the meantime: then nobody holds the turn
-        // now and the lock must not stay behind.
-        if let Some(orphan) = slot.take_orphaned() {
-            service.store.delete_owned(key, &orphan.owner).await?;
-        }
-        return Ok(true);
-    }
-    let released = service.store.delete_owned(key, &owner).await;
-    turn.released(
-        matches!(released, Ok(Released::Contended)).then(|| service.store.yield_window()),
-    );
-    drop(turn);
-    service.queues.tidy(key);
-    Ok(released? != Released::NotOurs)
 }
 
 type Renewal = Pin<Box<dyn Future<Output = (Instant, Result<bool>)> + Send>>;
 type Reply = oneshot::Sender<Result<()>>;
 
 /// A request to write a new lease now (`LockGuard::extend`).
-struct Extend {
+pub(crate) struct Extend {
     lease: Duration,
     reply: Reply,
 }
@@ -290,11 +171,11 @@ struct Keeper {
     shared: Arc<Shared>,
     key: LockKey,
     owner: String,
-    options: HoldOptions,
+    lease: Duration,
     /// The end of the lease as the holder may trust it (`trusted`).
     valid_until: Instant,
-    /// When the protected work started (`WorkGate::enter`); `lock_timeout` counts from it.
-    started: watch::Receiver<Option<Instant>>,
+    /// The current holder's work (`WorkGate::enter`); its `lock_timeout` counts from its start.
+    work: watch::Receiver<Option<Work>>,
     extends: mpsc::UnboundedReceiver<Extend>,
     renewal: Option<Renewal>,
     /// Waiting for the renewal in flight, and for the one after it.
@@ -305,17 +186,17 @@ struct Keeper {
 
 impl Keeper {
     fn every(&self) -> Duration {
-        (self.options.lease / 3).max(Duration::from_millis(1))
+        (self.lease / 3).max(Duration::from_millis(1))
     }
 
     fn lock_deadline(&self) -> Option<Instant> {
-        let started = (*self.started.borrow())?;
-        Some(started + self.options.lock_timeout?)
+        let work = (*self.work.borrow())?;
+        Some(work.started + work.lock_timeout?)
     }
 
     fn start_renewal(&mut self) {
         let (shared, key, owner) = (self.shared.clone(), self.key.clone(), self.owner.clone());
-        let lease = self.options.lease;
+        let lease = self.lease;
         self.renewal = Some(Box::pin(async move {
             let sent = Instant::now();
             (sent, shared.store.renew(&key, &owner, lease).await)
@@ -325,7 +206,7 @@ impl Keeper {
 
     /// A new lease, written right after the renewal in flight (if any).
     fn extend(&mut self, request: Extend) {
-        self.options.lease = request.lease;
+        self.lease = request.lease;
         self.replies.1.push(request.reply);
         self.next_renewal = Instant::now();
     }
@@ -335,7 +216,7 @@ impl Keeper {
         self.renewal = None;
         let outcome = match renewed {
             Ok(true) => {
-                self.valid_until = sent + trusted(self.options.lease);
+                self.valid_until = sent + trusted(self.lease);
                 self.next_renewal = sent + self.every();
                 self.last_error = None;
                 Ok(())
@@ -371,7 +252,7 @@ impl Keeper {
 
     /// Runs until the lock is lost and returns why.
     async fn run(mut self) -> LockError {
-        let mut watching_start = true;
+        let mut watching_work = true;
         loop {
             let timeout = self.lock_deadline().filter(|d| *d <= self.valid_until);
             let end = timeout.unwrap_or(self.valid_until);
@@ -380,7 +261,7 @@ impl Keeper {
                 biased;
                 _ = self.shared.closed() => return LockError::Closed,
                 _ = tokio::time::sleep_until(end) => return self.expired(timeout.is_some()),
-                changed = self.started.changed(), if watching_start => watching_start = changed.is_ok(),
+                changed = self.work.changed(), if watching_work => watching_work = changed.is_ok(),
                 Some(request) = self.extends.recv() => self.extend(request),
                 (sent, renewed) = async { self.renewal.as_mut().expect("in flight").await }, if in_flight => {
                     if let Some(lost) = self.renewed(sent, renewed) {
@@ -396,80 +277,6 @@ impl Keeper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Held;
-
-    /// A guard over a lock "held" through a client that reaches no server: every
-    /// renewal hangs in server selection, as it does for a partitioned holder.
-    async fn partitioned_guard(options: HoldOptions) -> (LockGuard, Instant) {
-        let uri = "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=600000&connectTimeoutMS=600000";
-        let client = mongodb::Client::with_uri_str(uri).await.unwrap();
-        let store = crate::store::LockStore::new(client.database("keeper"), None);
-        let service = Arc::new(Shared::new(store));
-        let held = Held {
-            owner: "me".into(),
-            sent_at: Instant::now(),
-            fencing_token: 1,
-        };
-        let key = LockKey::Str("k".into());
-        (
-            LockGuard::start(service, key, held, options, None),
-            Instant::now(),
-        )
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_hanging_renewal_does_not_delay_the_end_of_the_lease() {
-        let lease = Duration::from_secs(1);
-        let options = HoldOptions {
-            lock_timeout: None,
-            lease,
-        };
-        let (guard, start) = partitioned_guard(options).await;
-        let why = guard.lost().await;
-        assert!(matches!(why, LockError::LockLost { .. }), "{why:?}");
-        assert_eq!(start.elapsed(), trusted(lease));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn lock_timeout_counts_from_the_start_of_the_work() {
-        let options = HoldOptions {
-            lock_timeout: Some(Duration::from_millis(300)),
-            lease: Duration::from_secs(10),
-        };
-        let (guard, start) = partitioned_guard(options).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(!guard.gate().entered());
-        assert!(guard.gate().enter());
-        let why = guard.lost().await;
-        assert!(matches!(why, LockError::LockTimeout), "{why:?}");
-        assert_eq!(start.elapsed(), Duration::from_millis(800));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn work_cannot_start_once_the_lock_is_lost() {
-        let lease = Duration::from_millis(300);
-        let options = HoldOptions {
-            lock_timeout: None,
-            lease,
-        };
-        let (guard, _) = partitioned_guard(options).await;
-        guard.lost().await;
-        assert!(!guard.gate().enter());
-        assert!(!guard.gate().entered());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn close_ends_the_hold_at_once() {
-        let lease = Duration::from_secs(5);
-        let options = HoldOptions {
-            lock_timeout: None,
-            lease,
-        };
-        let (guard, start) = partitioned_guard(options).await;
-        guard.service.close();
-        assert!(matches!(guard.lost().await, LockError::Closed));
-        assert!(start.elapsed() < Duration::from_millis(10));
-    }
 
     #[test]
     fn the_holder_stops_trusting_before_any_taker_may_act() {

@@ -7,6 +7,7 @@
 mod acquire;
 pub mod document;
 mod error;
+mod guard;
 mod key;
 mod lease;
 mod local_queue;
@@ -26,8 +27,9 @@ use mongodb::Client;
 
 pub use acquire::AcquireOptions;
 pub use error::{Argument, LockError, Result, DUPLICATE_KEY};
+pub use guard::{LockGuard, WorkGate};
 pub use key::{ids_to_string, js_number_to_string, LockKey, ResourceId};
-pub use lease::{HoldOptions, LockGuard, WorkGate};
+pub use lease::HoldOptions;
 
 use shared::Shared;
 use store::LockStore;

@@ -2,6 +2,7 @@
 //! so only the head of the queue competes in the database and a release can hand
 //! the lock straight to the next local waiter instead of waiting for its next poll.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,11 +16,9 @@ use crate::key::LockKey;
 /// it releases it in the database, giving other processes their turn.
 pub const MAX_LOCAL_HANDOVERS: u32 = 8;
 
-/// A lock left in the database for the next local waiter, still under `owner`.
-#[derive(Debug, Clone)]
-pub struct Inherited {
-    pub owner: String,
-}
+/// What a holder leaves for the next local waiter: the lock it holds in the database
+/// (`guard::DbHold`). Opaque here, so that this queue depends on nothing of the locks.
+pub type Inherited = Box<dyn Any + Send>;
 
 #[derive(Default)]
 pub struct SlotState {
@@ -96,11 +95,11 @@ impl LocalTurn {
         self.slot.waiting.load(Ordering::SeqCst) > 0 && self.state.streak < MAX_LOCAL_HANDOVERS
     }
 
-    /// Leaves the lock, still under `owner`, to the next waiter, and gives up the turn.
+    /// Leaves the lock to the next waiter, and gives up the turn.
     /// Returns the slot, to take the lock back if no waiter took the turn.
-    pub fn hand_over(mut self, owner: String) -> Arc<KeySlot> {
+    pub fn hand_over(mut self, inherited: Inherited) -> Arc<KeySlot> {
         self.state.streak += 1;
-        self.state.inherited = Some(Inherited { owner });
+        self.state.inherited = Some(inherited);
         self.slot
     }
 
@@ -203,8 +202,9 @@ mod tests {
         let queues = LocalQueues::default();
         let slot = queues.slot(&LockKey::Num(1.0));
         let turn = slot.turn().await;
-        let slot = turn.hand_over("me".into());
-        assert_eq!(slot.take_orphaned().map(|o| o.owner), Some("me".into()));
+        let slot = turn.hand_over(Box::new("me"));
+        let orphan = slot.take_orphaned().and_then(|o| o.downcast::<&str>().ok());
+        assert_eq!(orphan.map(|o| *o), Some("me"));
         assert!(slot.take_orphaned().is_none());
     }
 }

@@ -243,33 +243,6 @@ impl LockStore {
         }
     }
 
-    /// Hands a held lock to a new owner without releasing it (local hand-over):
-    /// one round trip, and a new fencing token. `None` when it is no longer `from`'s.
-    pub async fn transfer(
-        &self,
-        key: &LockKey,
-        from: &str,
-        to: &str,
-        lease: Option<Duration>,
-    ) -> Result<Option<Held>> {
-        let sent_at = Instant::now();
-        let expiry = self.lease_expiry(lease).await?;
-        let mut session = self.db.client().start_session().await?;
-        let moved = self
-            .locks
-            .find_one_and_update(
-                doc! { ID: key.to_bson(), OWNER: from },
-                doc! { "$set": document::new_owner(to, expiry) },
-            )
-            .projection(doc! { "_id": 1 })
-            .session(&mut session)
-            .await?;
-        match moved {
-            None => Ok(None),
-            Some(_) => self.held(key, to, sent_at, &session).await,
-        }
-    }
-
     /// The lock `owner` just took with the write made in `session`; `None` when it was
     /// lost before its fencing token could be drawn. If drawing the token fails, the
     /// lock is deleted again.

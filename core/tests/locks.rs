@@ -275,7 +275,7 @@ async fn local_hand_overs_keep_the_document_for_at_most_8_turns_and_new_tokens()
     // Holder 0 is inside before the others queue up behind it in this process, so every
     // release finds a local waiter and may hand the lock over without deleting it.
     let first = service.acquire(&key, &options(5_000, 5_000)).await.unwrap();
-    let holds = Arc::new(tokio::sync::Mutex::new(Vec::<(Bson, u64)>::new()));
+    let holds = Arc::new(tokio::sync::Mutex::new(Vec::<(Bson, u128)>::new()));
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let (service, key, locks, holds) =

@@ -1,0 +1,345 @@
+//! A held lock as its holder sees it (`LockGuard`), and the lock as this process holds
+//! it in the database (`DbHold`).
+//!
+//! A `DbHold` is one lock document under one owner id, with one lease and one keeper.
+//! When a holder releases and another caller of this process is waiting, the hold
+//! passes to that caller in memory: no database write, the lease and its keeper stay.
+//! Each holder gets its own fencing token, `(database token << 16) | local sequence`:
+//! it increases with every local hand-over, and any later acquisition in the database
+//! (by any process) has a larger database token, so tokens still strictly increase in
+//! the order of the holds.
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{LockError, Result};
+use crate::key::LockKey;
+use crate::lease::{HoldOptions, KeeperHandle, Work};
+use crate::local_queue::LocalTurn;
+use crate::shared::Shared;
+use crate::store::{Held, Released};
+
+/// Bits of a fencing token below the database token: room for the local sequence.
+const LOCAL_SEQUENCE_BITS: u32 = 16;
+
+/// The lock as this process holds it in the database.
+pub(crate) struct DbHold {
+    shared: Arc<Shared>,
+    key: LockKey,
+    owner: String,
+    database_token: u64,
+    /// Holders so far under this hold, the first included.
+    holders: AtomicU32,
+    /// The lease the keeper writes, in ms.
+    lease_ms: AtomicU64,
+    keeper: KeeperHandle,
+}
+
+impl DbHold {
+    fn start(
+        shared: Arc<Shared>,
+        key: LockKey,
+        held: Held,
+        lease: Duration,
+        turn: LocalTurn,
+    ) -> Arc<Self> {
+        shared.hold_started(&held.owner);
+        let keeper = KeeperHandle::start(shared.clone(), key.clone(), &held, lease, turn);
+        Arc::new(DbHold {
+            shared,
+            key,
+            owner: held.owner,
+            database_token: held.fencing_token,
+            holders: AtomicU32::new(0),
+            lease_ms: AtomicU64::new(lease.as_millis() as u64),
+            keeper,
+        })
+    }
+
+    /// The fencing token of the next holder under this hold.
+    fn next_token(&self) -> u128 {
+        let sequence = self.holders.fetch_add(1, Ordering::SeqCst);
+        ((self.database_token as u128) << LOCAL_SEQUENCE_BITS) | sequence as u128
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.keeper.loss.lost.is_cancelled()
+    }
+
+    /// Stops the keeper and deletes the lock document if it is still ours.
+    pub async fn end(&self) -> Result<Released> {
+        self.keeper.stop();
+        self.shared.store.delete_owned(&self.key, &self.owner).await
+    }
+
+    /// A lock this process left for a local waiter that did not take it.
+    pub fn from_orphan(orphan: Box<dyn Any + Send>) -> Option<Arc<DbHold>> {
+        orphan.downcast::<Arc<DbHold>>().ok().map(|hold| *hold)
+    }
+}
+
+impl Drop for DbHold {
+    fn drop(&mut self) {
+        self.shared.hold_ended(&self.owner);
+    }
+}
+
+/// Lets protected work start only while the lock is still held, and starts the
+/// `lock_timeout` clock when it does. Cheap to clone; usable from any thread.
+#[derive(Clone)]
+pub struct WorkGate {
+    lost: CancellationToken,
+    work: Arc<tokio::sync::watch::Sender<Option<Work>>>,
+    lock_timeout: Option<Duration>,
+    entered: Arc<AtomicBool>,
+}
+
+impl WorkGate {
+    /// `true` when the work may start now (the lock is held); `false` when the lock
+    /// was lost first, and the work must not start at all.
+    pub fn enter(&self) -> bool {
+        if self.lost.is_cancelled() {
+            return false;
+        }
+        let work = Work {
+            started: Instant::now(),
+            lock_timeout: self.lock_timeout,
+        };
+        self.work.send_replace(Some(work));
+        self.entered.store(true, Ordering::SeqCst);
+        true
+    }
+
+    /// Whether `enter` let the work start.
+    pub fn entered(&self) -> bool {
+        self.entered.load(Ordering::SeqCst)
+    }
+}
+
+pub struct LockGuard {
+    hold: Arc<DbHold>,
+    fencing_token: u128,
+    gate: WorkGate,
+    /// Cancelled when this holder is done (released or dropped).
+    stop: CancellationToken,
+    released: bool,
+}
+
+impl LockGuard {
+    /// The first holder of a lock just taken in the database.
+    pub(crate) fn first(
+        shared: Arc<Shared>,
+        key: LockKey,
+        held: Held,
+        options: HoldOptions,
+        turn: LocalTurn,
+    ) -> Self {
+        let hold = DbHold::start(shared, key, held, options.lease, turn);
+        Self::holding(hold, options)
+    }
+
+    /// The next holder of a lock handed over by the previous local holder.
+    pub(crate) fn inherit(hold: Arc<DbHold>, options: HoldOptions, turn: LocalTurn) -> Self {
+        hold.keeper.loss.give_turn(turn);
+        let lease = options.lease.as_millis() as u64;
+        if hold.lease_ms.swap(lease, Ordering::SeqCst) != lease {
+            // This holder asked for another lease: written in the background.
+            drop(hold.keeper.extend(options.lease));
+        }
+        Self::holding(hold, options)
+    }
+
+    fn holding(hold: Arc<DbHold>, options: HoldOptions) -> Self {
+        let gate = WorkGate {
+            lost: hold.keeper.loss.lost.clone(),
+            work: hold.keeper.work.clone(),
+            lock_timeout: options.lock_timeout,
+            entered: Arc::default(),
+        };
+        LockGuard {
+            fencing_token: hold.next_token(),
+            hold,
+            gate,
+            stop: CancellationToken::new(),
+            released: false,
+        }
+    }
+
+    pub fn fencing_token(&self) -> u128 {
+        self.fencing_token
+    }
+
+    /// The gate the protected work must pass to start.
+    pub fn gate(&self) -> WorkGate {
+        self.gate.clone()
+    }
+
+    /// Resolves when the lock is no longer safely held, with the reason.
+    pub async fn lost(&self) -> LockError {
+        self.hold.keeper.loss.lost.cancelled().await;
+        self.hold.keeper.loss.reason()
+    }
+
+    /// Resolves with the reason when the lock is lost, or with `None` when this holder
+    /// releases it (or is dropped) first. Owns what it needs, so it can outlive the
+    /// guard without keeping it alive.
+    pub fn lost_or_released(&self) -> impl Future<Output = Option<LockError>> + Send + 'static {
+        let (loss, stop) = (self.hold.keeper.loss.clone(), self.stop.clone());
+        async move {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => None,
+                _ = loss.lost.cancelled() => Some(loss.reason()),
+            }
+        }
+    }
+
+    /// Writes a lease of `lease` from now, and keeps renewing with it. Fails with
+    /// the reason when the lock is lost, or with the driver's error when the write
+    /// failed (the lock is then still held until its current lease ends).
+    pub async fn extend(&self, lease: Duration) -> Result<()> {
+        self.hold
+            .lease_ms
+            .store(lease.as_millis() as u64, Ordering::SeqCst);
+        match self.hold.keeper.extend(lease).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(self.hold.keeper.loss.reason()),
+        }
+    }
+
+    /// Releases the lock: hands it to the next waiter of this process when there is
+    /// one (for at most `MAX_LOCAL_HANDOVERS` turns in a row), else deletes it, but
+    /// only if it is still ours. `Ok(false)` when it was no longer ours.
+    pub async fn release(mut self) -> Result<bool> {
+        self.released = true;
+        self.stop.cancel();
+        let turn = self.hold.keeper.loss.take_turn();
+        let still_ours = !self.hold.is_lost();
+        release(self.hold.clone(), turn, still_ours).await
+    }
+}
+
+impl Drop for LockGuard {
+    /// A guard dropped without `release` (its future was cancelled, its handle
+    /// collected) must not keep the key locked until the lease runs out.
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if self.released {
+            return;
+        }
+        let (hold, turn) = (self.hold.clone(), self.hold.keeper.loss.take_turn());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = release(hold, turn, false).await;
+            });
+        }
+    }
+}
+
+async fn release(hold: Arc<DbHold>, turn: Option<LocalTurn>, hand_over: bool) -> Result<bool> {
+    let Some(mut turn) = turn else {
+        return Ok(hold.end().await? != Released::NotOurs);
+    };
+    if hand_over && !hold.shared.is_closed() && turn.may_hand_over() {
+        hold.keeper.work.send_replace(None);
+        let slot = turn.hand_over(Box::new(hold));
+        // The waiter may have given up in the meantime: then nobody holds the turn
+        // now and the lock must not stay behind.
+        if let Some(orphan) = slot.take_orphaned().and_then(DbHold::from_orphan) {
+            orphan.end().await?;
+        }
+        return Ok(true);
+    }
+    let released = hold.end().await;
+    let contended = matches!(released, Ok(Released::Contended));
+    turn.released(contended.then(|| hold.shared.store.yield_window()));
+    drop(turn);
+    hold.shared.queues.tidy(&hold.key);
+    Ok(released? != Released::NotOurs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::trusted;
+
+    /// A guard over a lock "held" through a client that reaches no server: every
+    /// renewal hangs in server selection, as it does for a partitioned holder.
+    async fn partitioned_guard(options: HoldOptions) -> (LockGuard, Instant) {
+        let uri = "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=600000&connectTimeoutMS=600000";
+        let client = mongodb::Client::with_uri_str(uri).await.unwrap();
+        let store = crate::store::LockStore::new(client.database("keeper"), None);
+        let service = Arc::new(Shared::new(store));
+        let held = Held {
+            owner: "me".into(),
+            sent_at: Instant::now(),
+            fencing_token: 1,
+        };
+        let key = LockKey::Str("k".into());
+        let turn = service.queues.slot(&key).try_turn().unwrap();
+        (
+            LockGuard::first(service, key, held, options, turn),
+            Instant::now(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_renewal_does_not_delay_the_end_of_the_lease() {
+        let lease = Duration::from_secs(1);
+        let options = HoldOptions {
+            lock_timeout: None,
+            lease,
+        };
+        let (guard, start) = partitioned_guard(options).await;
+        let why = guard.lost().await;
+        assert!(matches!(why, LockError::LockLost { .. }), "{why:?}");
+        assert_eq!(start.elapsed(), trusted(lease));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lock_timeout_counts_from_the_start_of_the_work() {
+        let options = HoldOptions {
+            lock_timeout: Some(Duration::from_millis(300)),
+            lease: Duration::from_secs(10),
+        };
+        let (guard, start) = partitioned_guard(options).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!guard.gate().entered());
+        assert!(guard.gate().enter());
+        let why = guard.lost().await;
+        assert!(matches!(why, LockError::LockTimeout), "{why:?}");
+        assert_eq!(start.elapsed(), Duration::from_millis(800));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_cannot_start_once_the_lock_is_lost() {
+        let lease = Duration::from_millis(300);
+        let options = HoldOptions {
+            lock_timeout: None,
+            lease,
+        };
+        let (guard, _) = partitioned_guard(options).await;
+        guard.lost().await;
+        assert!(!guard.gate().enter());
+        assert!(!guard.gate().entered());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_ends_the_hold_at_once() {
+        let lease = Duration::from_secs(5);
+        let options = HoldOptions {
+            lock_timeout: None,
+            lease,
+        };
+        let (guard, start) = partitioned_guard(options).await;
+        guard.hold.shared.close();
+        assert!(matches!(guard.lost().await, LockError::Closed));
+        assert!(start.elapsed() < Duration::from_millis(10));
+    }
+}
