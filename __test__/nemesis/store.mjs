@@ -9,11 +9,11 @@
 export const STORE_ID = 'store'
 
 /**
- * A token as a 20-digit decimal string: strings compare exactly, in the order of the
+ * A token as a 40-digit decimal string (tokens have up to 80 bits): strings compare exactly, in the order of the
  * numbers, on every server (a test server may compare 64-bit integers as doubles, which
  * cannot tell apart two oplog timestamps of the same second above 2^53).
  */
-export const tokenKey = (token) => token.toString().padStart(20, '0')
+export const tokenKey = (token) => token.toString().padStart(40, '0')
 
 export async function createStore (collection) {
   await collection.insertOne({ _id: STORE_ID, n: 0, accepted: 0, refused: 0, maxToken: tokenKey(0n) })
