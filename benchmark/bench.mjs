@@ -9,7 +9,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { ResourceLock as OriginalLock } from '@discue/mongodb-resource-client'
 import { MongoClient } from 'mongodb'
-import { contendOnOneKey } from './one-key.mjs'
+import { contendOnMutex, contendOnOneKey } from './one-key.mjs'
 
 const require = createRequire(import.meta.url)
 const { ResourceLock: AddonLock } = require('../index.js')
@@ -61,6 +61,24 @@ async function contend (impl, processes, callers, seconds) {
   return { handovers_per_s: total / seconds, p99_wait_ms: percentile(reports.flatMap((r) => r.waits), 99), fewest_turns: Math.min(...turns), mean_turns: total / turns.length }
 }
 
+/** Hand-overs/s and waits of `turns`/`waits` over `seconds`. */
+function handovers ({ turns, waits }, seconds) {
+  const total = turns.reduce((a, b) => a + b, 0)
+  return { handovers_per_s: total / seconds, p99_wait_ms: percentile(waits, 99), fewest_turns: Math.min(...turns), mean_turns: total / turns.length }
+}
+
+/** 2 to 32 processes, one caller each, on one key: hand-overs/s and p99 wait. */
+async function scaling (impl) {
+  const curve = {}
+  for (const processes of (process.env.BENCH_SCALING ?? '2,4,8,16,32').split(',').map(Number)) {
+    const { handovers_per_s: rate, p99_wait_ms: p99, fewest_turns: fewest } = await contend(impl, processes, 1, 4)
+    curve[`p${processes}_handovers_per_s`] = rate
+    curve[`p${processes}_p99_wait_ms`] = p99
+    curve[`p${processes}_fewest_turns`] = fewest
+  }
+  return curve
+}
+
 const workloads = {
   async uncontended (impl) {
     return withLock(impl, async (lock) => {
@@ -87,15 +105,15 @@ const workloads = {
     })
   },
   async oneKey16Callers (impl) {
-    return withLock(impl, async (lock) => {
-      const { turns, waits } = await contendOnOneKey(lock, 16, Date.now() + 3_000)
-      const total = turns.reduce((a, b) => a + b, 0)
-      return { handovers_per_s: total / 3, p99_wait_ms: percentile(waits, 99), fewest_turns: Math.min(...turns), mean_turns: total / 16 }
-    })
+    return withLock(impl, async (lock) => handovers(await contendOnOneKey(lock, 16, Date.now() + 3_000), 3))
   },
   async fourProcesses (impl) {
     return contend(impl, 4, 4, 4)
   },
+  async fourProcessesOneCaller (impl) {
+    return contend(impl, 4, 1, 4)
+  },
+  scaling,
   async memory (impl) {
     const cycles = Number(process.env.BENCH_MEMORY_CYCLES ?? 20_000)
     const child = spawn(process.execPath, ['--expose-gc', path.join(here, 'memory.mjs'), impl, String(cycles)], { stdio: ['ignore', 'pipe', 'inherit'] })
@@ -132,6 +150,8 @@ async function ping () {
 }
 
 const results = { date: new Date().toISOString(), server: url.replace(/\/\/[^@/]*@/, '//****@'), node: process.version, rounds, ping: await ping(), workloads: {} }
+// The ceiling of one process on one key: an in-process mutex, same callers and section.
+results.ceiling = handovers(await contendOnMutex(16, Date.now() + 3_000), 3)
 const only = process.env.BENCH_ONLY?.split(',')
 for (const [name, workload] of Object.entries(workloads).filter(([name]) => !only || only.includes(name))) {
   const runs = { original: [], addon: [] }
@@ -155,6 +175,11 @@ for (const [name, { original, addon }] of Object.entries(results.workloads)) {
 }
 console.log(`server ${results.server}; ping p50 ${results.ping.p50_ms.toFixed(2)} ms, p99 ${results.ping.p99_ms.toFixed(2)} ms; median of ${rounds} alternating rounds`)
 console.table(rows)
+const oneKey = results.workloads.oneKey16Callers?.addon
+if (oneKey) {
+  const { handovers_per_s: rate, p99_wait_ms: p99 } = results.ceiling
+  console.log(`in-process mutex (the ceiling of one process): ${rate.toFixed(0)} hand-overs/s, p99 wait ${p99} ms; the addon reaches ${(oneKey.handovers_per_s / rate).toFixed(2)} of it, p99 ${(oneKey.p99_wait_ms / p99).toFixed(2)}x`)
+}
 results.table = rows
 const label = process.env.BENCH_LABEL ?? 'latest'
 writeFileSync(path.join(here, 'results', `${label}.json`), JSON.stringify(results, null, 2) + '\n')

@@ -21,3 +21,18 @@ export async function contendOnOneKey (lock, callers, until) {
   }))
   return { turns, waits }
 }
+
+/**
+ * The ceiling for one process: the same callers and section on an in-process FIFO
+ * mutex (what async-mutex's runExclusive does), with no database at all.
+ */
+export async function contendOnMutex (callers, until) {
+  let tail = Promise.resolve()
+  const runExclusive = (fn) => {
+    const run = tail.then(fn)
+    tail = run.catch(() => {})
+    return run
+  }
+  const lock = { doWhileLocked: (_ids, fn) => runExclusive(fn) }
+  return contendOnOneKey(lock, callers, until)
+}
