@@ -120,11 +120,14 @@ fn refuse_what_cannot_be_carried(options: &Object<'_>) -> Result<(), LockError> 
     {
         return Err(unsupported("tlsAllowInvalidHostnames"));
     }
-    // (Node sets a no-op one itself for tlsAllowInvalidHostnames, refused above.)
+    // Drivers 6 and 7 turn tlsAllowInvalidHostnames / tlsInsecure into a no-op
+    // checkServerIdentity and keep no flag: the message names all three.
     if get(options, "checkServerIdentity")
         .is_some_and(|f| f.get_type().ok() == Some(ValueType::Function))
     {
-        return Err(unsupported("a checkServerIdentity function"));
+        return Err(unsupported(
+            "a checkServerIdentity function (or tlsAllowInvalidHostnames / tlsInsecure, which set one)",
+        ));
     }
     if string(options, "proxyHost").is_some() {
         return Err(unsupported("a SOCKS5 proxy (proxyHost)"));
