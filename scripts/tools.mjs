@@ -9,7 +9,9 @@ export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 /** Runs a command in the repository, output inherited; throws unless it exits 0. */
 export function run (command, args, { env = {}, timeoutMs } = {}) {
   console.log(`\n$ ${[command, ...args].join(' ')}`)
-  const result = spawnSync(command, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env }, timeout: timeoutMs })
+  // On Windows npm and npx are .cmd scripts, which only a shell runs.
+  const shell = process.platform === 'win32'
+  const result = spawnSync(command, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env }, timeout: timeoutMs, shell })
   if (result.error?.code === 'ETIMEDOUT') {
     throw new Error(`${command} ${args.join(' ')} did not exit within ${timeoutMs / 1000} s (something kept the process alive)`)
   }

@@ -14,7 +14,7 @@ if (!command) {
 const server = process.env.MONGODB_URL ? null : await startServer()
 const url = process.env.MONGODB_URL ?? server.url
 if (server) console.log(`[with-server] SecantusDB test server at ${url}`)
-const child = spawn(command, args, { cwd: root, stdio: 'inherit', env: { ...process.env, MONGODB_URL: url } })
+const child = spawn(command, args, { cwd: root, stdio: 'inherit', env: { ...process.env, MONGODB_URL: url }, shell: process.platform === 'win32' })
 for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => child.kill(signal))
 const code = await new Promise((resolve) => child.on('exit', (status, signal) => resolve(status ?? (signal ? 1 : 0))))
 await server?.stop()
