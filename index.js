@@ -6,9 +6,15 @@
 // @opentelemetry/api (tracing.js) and the application's `mongodb` (whose
 // MongoServerError a held key's error must be an instance of) are looked up here, and
 // LockError is defined in errors.js; the addon is handed what it needs.
-const binding = require('./binding.js')
 const { LockError } = require('./errors.js')
 const { traced } = require('./tracing.js')
+
+const binding = loadBinding()
+binding.useErrorClasses({ LockError, MongoServerError: applicationMongoServerError() })
+
+exports.ResourceLock = traced(binding.ResourceLock)
+exports.LockHandle = binding.LockHandle
+exports.LockError = LockError
 
 function applicationMongoServerError () {
   try {
@@ -18,8 +24,29 @@ function applicationMongoServerError () {
   }
 }
 
-binding.useErrorClasses({ LockError, MongoServerError: applicationMongoServerError() })
+// The binary comes in a package of its own per platform (optionalDependencies): when
+// it is missing, say which package to install instead of napi's generic message.
+function loadBinding () {
+  try {
+    return require('./binding.js')
+  } catch (error) {
+    if (!/Cannot find native binding|Failed to load native binding/.test(error.message)) throw error
+    const wanted = `mongodb-resource-lock-${platformSuffix()}`
+    const missing = new Error(
+      `mongodb-resource-lock: the native binary for ${process.platform}-${process.arch} was not found. ` +
+      `Install the package ${wanted} (npm installs it as an optional dependency; it is missing after ` +
+      '`--omit=optional`, `--no-optional`, a lock file made on another platform, or on a platform without a prebuilt binary).'
+    )
+    missing.code = 'ERR_MONGODB_RESOURCE_LOCK_BINARY_MISSING'
+    missing.cause = error
+    throw missing
+  }
+}
 
-exports.ResourceLock = traced(binding.ResourceLock)
-exports.LockHandle = binding.LockHandle
-exports.LockError = LockError
+function platformSuffix () {
+  const { platform, arch } = process
+  if (platform === 'win32') return `${platform}-${arch}-msvc`
+  if (platform !== 'linux') return `${platform}-${arch}`
+  const glibc = process.report?.getReport().header.glibcVersionRuntime
+  return `${platform}-${arch}-${glibc ? 'gnu' : 'musl'}`
+}

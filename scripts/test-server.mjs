@@ -1,22 +1,20 @@
-// Starts the MongoDB-compatible SecantusDB test server (from PyPI, installed into the
-// git-ignored .test-server/ folder) on a free loopback port, unless MONGODB_URL
-// already points at a MongoDB. Used by scripts/run.mjs and by tests that restart it.
-import { spawn, execFileSync } from 'node:child_process'
-import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+// Starts the MongoDB-compatible SecantusDB test server (from PyPI, the version pinned in
+// scripts/test-server.txt, installed into the git-ignored .test-server/ folder) on a free
+// loopback port. Used by scripts/with-server.mjs and by tests that restart it.
+import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { ensureVenv } from './tools.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const venv = path.join(root, '.test-server', 'venv')
 export const serverBinary = path.join(venv, 'bin', 'secantusd-py')
 
 export function installServer () {
-  if (existsSync(serverBinary)) return
-  console.log('[test-server] installing secantusdb from PyPI into .test-server/')
-  execFileSync('python3', ['-m', 'venv', venv], { stdio: 'inherit' })
-  execFileSync(path.join(venv, 'bin', 'pip'), ['install', '--quiet', 'secantusdb'], { stdio: 'inherit' })
+  ensureVenv(venv, path.join(root, 'scripts', 'test-server.txt'))
 }
 
 export function freePort () {

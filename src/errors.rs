@@ -303,3 +303,24 @@ fn percent_encode(text: &str) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn removes_every_secret_as_written_and_percent_encoded() {
+        let secrets = vec!["pa55:w@rd".to_owned(), String::new()];
+        let text = "auth failed for someone:pa55:w@rd (mongodb://someone:pa55%3Aw%40rd@h:1)";
+        assert_eq!(
+            redact(text, &secrets),
+            "auth failed for someone:**** (mongodb://someone:****@h:1)"
+        );
+    }
+
+    #[test]
+    fn leaves_text_without_secrets_alone() {
+        assert_eq!(redact("no secret here", &[]), "no secret here");
+        assert_eq!(redact("no secret here", &[String::new()]), "no secret here");
+    }
+}
