@@ -1,4 +1,4 @@
-// The original's API and behaviour (../shared/UPSTREAM.md), point by point.
+// The original's API and behaviour (README, "Switching from the original"), point by point.
 import test from 'ava'
 import { ResourceLock as OriginalLock } from '@discue/mongodb-resource-client'
 import { MongoClient } from 'mongodb'
@@ -132,6 +132,7 @@ async function bothImplementations (t, name) {
  */
 function thenable (ms, { value, error }, onSettle) {
   return {
+    // oxlint-disable-next-line unicorn/no-thenable -- being a thenable is the point
     then (resolve, reject) {
       setTimeout(() => {
         onSettle()

@@ -1,4 +1,4 @@
-// The original's flaws that need no API change are fixed (UPSTREAM.md, **flaw**).
+// The original's flaws that need no API change are fixed (see MIGRATION.md).
 import test from 'ava'
 import { MongoClient } from 'mongodb'
 import { ResourceLock, addonLock, deferred, freshDatabase, sleep, url } from './helpers.mjs'

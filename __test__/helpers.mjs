@@ -1,4 +1,4 @@
-// Shared by the specs: a real server from MONGODB_URL (scripts/run.mjs starts one).
+// Shared by the specs: a real server from MONGODB_URL (scripts/with-server.mjs starts one).
 import { randomBytes } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { MongoClient } from 'mongodb'
