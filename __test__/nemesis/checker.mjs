@@ -9,6 +9,7 @@
 //   { type: 'write', call, at, aborted, accepted, n } accepted: true, false (refused), null (unknown);
 //                                                 a refused read is one too, with op: 'read'
 //   { type: 'abort', call, at, reason }           the hold's context.signal aborted
+//   { type: 'left',  call, at }                   the holder left its critical section
 //   { type: 'end',   call, at, ok, error }
 // faults: { kind, slot, pid, start, end }; a 'pause' is the SIGSTOP..SIGCONT interval,
 // a 'kill' ends its pid (its unfinished calls are not held against anybody); a 'crash'
@@ -42,6 +43,7 @@ export function check (history) {
     if (event.type === 'hold') Object.assign(call, { heldAt: event.at, token: event.token ?? null })
     else if (event.type === 'write') call.writes.push(event)
     else if (event.type === 'abort') call.abortedAt ??= event.at
+    else if (event.type === 'left') call.leftAt = event.at
     else if (event.type === 'end') Object.assign(call, { endAt: event.at, ok: event.ok, error: event.error })
   }
   const killedAt = new Map(faults.filter((f) => f.kind === 'kill' || f.kind === 'crash').map((f) => [f.pid, f.start]))
@@ -149,7 +151,9 @@ export function check (history) {
   for (const slot of starved) violations.push({ kind: 'no turns', message: `slot ${slot} never held the lock` })
 
   // Takeovers: holds during which somebody else began to hold (lease passed, or worse).
-  const takeovers = holds.filter((earlier) => holds.some((later) => later !== earlier && earlier.heldAt < later.heldAt && earlier.until > later.heldAt)).length
+  // A later hold that began before the earlier holder left its critical section: the
+  // lock was taken from it (its lease passed), not handed over on release.
+  const takeovers = holds.filter((earlier) => holds.some((later) => later !== earlier && earlier.heldAt < later.heldAt && (earlier.leftAt ?? earlier.until) > later.heldAt)).length
   const byKind = (list) => {
     const counts = {}
     for (const item of list) counts[item] = (counts[item] ?? 0) + 1

@@ -1,6 +1,7 @@
-// One process of the fault-injection suite: `callers` loops that each call
-// doWhileLocked on one key and, while holding it, increment the store's counter by
-// read-modify-write, with this package or the original class. Appends its history to a
+// One process of the fault-injection suite: `callers` loops that each take one key and,
+// while holding it, increment the store's counter by read-modify-write, with this
+// package or the original class. With this package, caller 0 uses doWhileLocked and
+// caller 1 a handle (acquire, then release), so both paths share the faults. Appends its history to a
 // file, one JSON event per line, synchronously (so that a SIGKILL loses nothing
 // recorded). Times: performance.timeOrigin + performance.now(), the monotonic clock.
 // IPC from the nemesis: { type: 'long', ms } makes the next hold last `ms` (it answers
@@ -72,6 +73,7 @@ async function hold (call, context, state) {
     }
     if (ms) await sleep(100)
   } while (performance.now() < until)
+  record({ type: 'left', call, at: now() })
 }
 
 async function loop (caller) {
@@ -80,7 +82,16 @@ async function loop (caller) {
     record({ type: 'call', call, slot, pid: process.pid, impl, at: now(), waitTimeout: options.waitTimeout })
     const state = {}
     try {
-      await lock.doWhileLocked([key], (context) => hold(call, context, state), options)
+      if (impl === 'addon' && caller % 2 === 1) {
+        const handle = await lock.acquire([key], options)
+        try {
+          await hold(call, handle, state)
+        } finally {
+          await handle.release()
+        }
+      } else {
+        await lock.doWhileLocked([key], (context) => hold(call, context, state), options)
+      }
       record({ type: 'end', call, at: now(), ok: true })
     } catch (error) {
       record({ type: 'end', call, at: now(), ok: false, error: String(error?.message ?? error).slice(0, 200) })
