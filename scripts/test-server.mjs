@@ -51,14 +51,14 @@ async function waitForPort (port, child, timeoutMs) {
  * `binary`: another build of the server to run instead of the PyPI one.
  */
 export async function startServer ({ port, storagePath, standalone = false, quiet = true, binary } = {}) {
-  // Another build (e.g. `secantusd-rs` from PATH) gets only the flags all builds share.
+  // Both builds (the PyPI one, and e.g. `secantusd-rs` from PATH) take these flags;
+  // without --sync-on-commit a killed Rust build loses writes it acknowledged.
   const other = binary !== undefined && binary !== serverBinary
   if (!other) installServer()
   port ??= await freePort()
-  const args = ['--host', '127.0.0.1', '--port', String(port)]
-  if (!other) args.push('--log-level', 'ERROR')
+  const args = ['--host', '127.0.0.1', '--port', String(port), '--log-level', 'ERROR']
   args.push('--storage-path', storagePath ?? ':memory:')
-  if (storagePath && !other) args.push('--sync-on-commit')
+  if (storagePath) args.push('--sync-on-commit')
   if (standalone) args.push('--standalone')
   const child = spawn(other ? binary : serverBinary, args, { stdio: quiet ? 'ignore' : 'inherit' })
   await waitForPort(port, child, 30_000)
