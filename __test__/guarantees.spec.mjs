@@ -3,7 +3,9 @@
 // stream's safety poll, and close() ending a wait that is in the database. Each
 // ResourceLock has its own client, so two of them contend as two processes do.
 import test from 'ava'
-import { addonLock, deferred, eventually, freshDatabase, sleep } from './helpers.mjs'
+import { MongoClient } from 'mongodb'
+import { startServer } from '../scripts/test-server.mjs'
+import { ResourceLock, addonLock, deferred, eventually, freshDatabase, sleep } from './helpers.mjs'
 
 async function serverTime (client) {
   return (await client.db('admin').command({ hello: 1 })).localTime.getTime()
@@ -178,4 +180,33 @@ test('a hand-over racing the waiter\'s abort or waitTimeout leaves no lock behin
   ])
   t.deepEqual(aborted, [], 'left behind by aborted waiters')
   t.deepEqual(timedOut, [], 'left behind by waiters at their waitTimeout')
+})
+
+test('unlock() of a lock taken with lock() after its lease passed leaves the next holder\'s lock alone', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const other = addonLock(t, name)
+  await lock.lock(['leased'], { lease: 100 })
+  const next = await other.acquire(['leased'], { waitTimeout: 5_000 })
+  const error = await t.throwsAsync(lock.unlock(['leased']))
+  t.is(error.code, 'ERR_LOCK_NOT_DELETED')
+  t.is(await db.collection('_locks').countDocuments({ id: 'leased' }), 1, 'the next holder still holds it')
+  t.true(await next.release())
+})
+
+test('on a standalone server, fencing tokens come from one counter and still follow the holds', async (t) => {
+  const server = await startServer({ standalone: true })
+  t.teardown(() => server.stop())
+  const client = new MongoClient(server.url)
+  t.teardown(() => client.close())
+  const databaseName = 'standalone_fences'
+  const [a, b] = [1, 2].map(() => new ResourceLock({ url: server.url, databaseName }))
+  t.teardown(() => Promise.all([a.close(), b.close()]))
+  const tokens = []
+  for (const [i, holder] of [a, b, a, b].entries()) {
+    tokens.push(await holder.doWhileLocked([`k${i % 2}`], ({ fencingToken }) => fencingToken))
+  }
+  for (let i = 1; i < tokens.length; i++) t.true(tokens[i] > tokens[i - 1], `token ${i} did not increase`)
+  const fences = await client.db(databaseName).collection('_lock_fences').find().toArray()
+  t.is(fences.length, 1, 'one counter for all keys, nothing kept per key')
 })
