@@ -1,17 +1,18 @@
 //! `acquire(resourceIds, options?)`: wait for the lock as `doWhileLocked` does and
 //! resolve a handle to it.
 
-use lock_core::{AcquireOptions, HoldOptions, LockError};
+use lock_core::{AcquireOptions, HoldOptions, LockError, LockGuard};
 use napi::bindgen_prelude::{Object, PromiseRaw};
 use napi::{Env, Unknown};
 use napi_derive::napi;
 use std::time::Duration;
 
 use crate::abort_signal::{self, Followed, Unfollow};
+use crate::connection::Connection;
 use crate::lock_handle;
 use crate::options;
-use crate::promise;
-use crate::resource_ids::{self, ResourceIds};
+use crate::promise::{self, Failure};
+use crate::resource_ids::{self, JsKey, ResourceIds};
 use crate::resource_lock::ResourceLock;
 
 /// A parsed `acquire`/`tryAcquire` call.
@@ -44,18 +45,21 @@ impl ResourceLock {
         promise::settle(
             env,
             &self.connection,
-            async move {
-                let mut asked = asked?;
-                let service = connection.service().await?;
-                let guard = service.acquire(&asked.ids.key, &asked.acquire).await;
-                Ok((
-                    guard.map_err(|e| asked.followed.failure(e))?,
-                    asked.ids.js_key(),
-                ))
-            },
+            async move { asked?.take(&connection).await },
             move |env, (guard, key)| lock_handle::handle(env, guard, key, handle_connection),
             move |env| unfollow_on(env, unfollow),
         )
+    }
+}
+
+impl Asked {
+    /// Takes the lock as asked: the guard, and the key as JavaScript is given it.
+    pub async fn take(mut self, connection: &Connection) -> Result<(LockGuard, JsKey), Failure> {
+        let service = connection.service().await?;
+        match service.acquire(&self.ids.key, &self.acquire).await {
+            Ok(guard) => Ok((guard, self.ids.js_key())),
+            Err(e) => Err(self.followed.failure(e)),
+        }
     }
 }
 

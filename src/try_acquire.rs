@@ -10,7 +10,7 @@ use napi_derive::napi;
 
 use crate::acquire::{ask, split, unfollow_on};
 use crate::lock_handle;
-use crate::promise;
+use crate::promise::{self, Failure};
 use crate::resource_lock::ResourceLock;
 
 #[napi]
@@ -36,12 +36,10 @@ impl ResourceLock {
             env,
             &self.connection,
             async move {
-                let mut asked = asked?;
-                let service = connection.service().await?;
-                match service.acquire(&asked.ids.key, &asked.acquire).await {
-                    Ok(guard) => Ok(Some((guard, asked.ids.js_key()))),
-                    Err(LockError::WaitTimeout) => Ok(None),
-                    Err(e) => Err(asked.followed.failure(e)),
+                match asked?.take(&connection).await {
+                    Ok(held) => Ok(Some(held)),
+                    Err(Failure::Lock(LockError::WaitTimeout)) => Ok(None),
+                    Err(e) => Err(e),
                 }
             },
             move |env, held| {
