@@ -50,6 +50,8 @@ export interface ResourceLockOptions {
   connectTimeout?: number
   /** Write concern of the lock writes; default: the client's. */
   writeConcern?: LockWriteConcern
+  /** The lock connection's pool size. Default: the client's `maxPoolSize`, at most 10 (with `url`: the url's, else 10). */
+  maxPoolSize?: number
 }
 
 export interface LockOptions {

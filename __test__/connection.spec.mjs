@@ -133,3 +133,14 @@ test('lock writes use the writeConcern option', async (t) => {
   t.is(error.code, 100, error.message)
   t.is(await majority.lock(['wc-majority']), 'wc-majority')
 })
+
+test('maxPoolSize sizes the lock connection; a bad value is a typed error naming it', async (t) => {
+  const { name } = await freshDatabase(t)
+  const lock = new ResourceLock({ url, databaseName: name, maxPoolSize: 2 })
+  t.teardown(() => lock.close())
+  const keys = Array.from({ length: 20 }, (_, i) => `pooled-${i}`)
+  t.deepEqual(await Promise.all(keys.map((key) => lock.doWhileLocked([key], ({ key }) => key))), keys)
+  t.throws(() => new ResourceLock({ url, maxPoolSize: 0 }), { instanceOf: RangeError, code: 'ERR_OUT_OF_RANGE', message: /maxPoolSize/ })
+  t.throws(() => new ResourceLock({ url, maxPoolSize: 1.5 }), { instanceOf: RangeError, message: /maxPoolSize/ })
+  t.throws(() => new ResourceLock({ url, maxPoolSize: '5' }), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE', message: /maxPoolSize/ })
+})

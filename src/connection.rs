@@ -24,6 +24,8 @@ pub struct Connection {
     /// The original's `connectTimeout`, used when no client is passed.
     connect_timeout: Option<Duration>,
     write_concern: Option<WriteConcern>,
+    /// The `maxPoolSize` option: the lock connection's pool, whatever the client's.
+    max_pool_size: Option<u32>,
     service: OnceCell<Arc<LockService>>,
     closed: AtomicBool,
     /// Passwords, removed from every error message.
@@ -36,6 +38,7 @@ impl Connection {
         database: Option<String>,
         connect_timeout: Option<Duration>,
         write_concern: Option<WriteConcern>,
+        max_pool_size: Option<u32>,
     ) -> Self {
         let secrets = match &source {
             Source::NodeClient(settings) => {
@@ -48,6 +51,7 @@ impl Connection {
             database,
             connect_timeout,
             write_concern,
+            max_pool_size,
             service: OnceCell::new(),
             closed: AtomicBool::new(false),
             secrets,
@@ -95,12 +99,22 @@ impl Connection {
 
     /// Parsed by the driver (which also resolves `mongodb+srv` names).
     async fn client_options(&self) -> Result<ClientOptions, LockError> {
+        let mut options = self.source_options().await?;
+        if let Some(size) = self.max_pool_size {
+            options.max_pool_size = Some(size);
+        }
+        Ok(options)
+    }
+
+    async fn source_options(&self) -> Result<ClientOptions, LockError> {
         match &self.source {
             Source::Url(url) => {
                 let mut connection_string = ConnectionString::parse(url)?;
-                // The Rust driver has no socket timeout and refuses the option; the
-                // Node driver's is off by default. Accept it, as a url for Node works.
-                #[allow(deprecated)]
+                #[allow(
+                    deprecated,
+                    reason = "the Rust driver has no socket timeout and refuses the option; \
+                              the Node driver's is off by default: accept it, as Node does"
+                )]
                 {
                     connection_string.socket_timeout = None;
                 }

@@ -180,6 +180,28 @@ pub fn field<'env>(
     })
 }
 
+/// The constructor's `maxPoolSize`: a whole number of connections, at least 1.
+pub fn pool_size(options: Option<&Object<'_>>) -> Result<Option<u32>, LockError> {
+    let Some(value) = field(options, "maxPoolSize")? else {
+        return Ok(None);
+    };
+    if value.get_type().ok() != Some(ValueType::Number) {
+        return Err(LockError::type_error(format!(
+            "options.maxPoolSize must be a number, got {}",
+            describe(value)
+        )));
+    }
+    let size: f64 = unsafe { value.cast() }
+        .map_err(|_| LockError::type_error("options.maxPoolSize must be a number"))?;
+    if !(size.fract() == 0.0 && (1.0..=u32::MAX as f64).contains(&size)) {
+        return Err(LockError::range_error(format!(
+            "options.maxPoolSize must be a whole number of connections >= 1, got {}",
+            lock_core::js_number_to_string(size)
+        )));
+    }
+    Ok(Some(size as u32))
+}
+
 /// A string option, or `None`.
 pub fn string(options: Option<&Object<'_>>, name: &str) -> Result<Option<String>, LockError> {
     match field(options, name)? {

@@ -75,11 +75,13 @@ impl ResourceLock {
                 }
             },
         };
+        let max_pool_size = options::pool_size(o)?;
         let connection = Arc::new(Connection::new(
             source,
             database,
             connect_timeout,
             write_concern,
+            max_pool_size,
         ));
         prepare_in_background(&connection);
         Ok(ResourceLock {
