@@ -5,6 +5,7 @@
 export default {
   files: [
     '__test__/property.spec.mjs',
+    '__test__/auth.spec.mjs',
     '__test__/fault.spec.mjs',
     '__test__/partition-clock.spec.mjs',
     '__test__/nemesis.spec.mjs',

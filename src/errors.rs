@@ -137,7 +137,8 @@ fn driver_error<'env>(
     secrets: &[String],
 ) -> napi::Result<Unknown<'env>> {
     let labels: Vec<String> = error.labels().iter().cloned().collect();
-    if let Some((code, code_name, message)) = server_refusal(error) {
+    if let Some((code, code_name, message)) = server_refusal(error).or_else(|| auth_refusal(error))
+    {
         let response =
             doc! { "ok": 0, "errmsg": message.as_str(), "code": code, "codeName": code_name };
         return server_error(env, &response, &redact(&message, secrets), &labels);
@@ -177,6 +178,23 @@ fn server_refusal(error: &DriverError) -> Option<(i32, String, String)> {
         let source = std::error::Error::source(error)?.downcast_ref::<DriverError>()?;
         server_refusal(source)
     })
+}
+
+/// A failed SCRAM conversation, which the Rust driver reports without the server's
+/// reply: the server's refusal as the Node driver shows it (code 18).
+fn auth_refusal(error: &DriverError) -> Option<(i32, String, String)> {
+    match &*error.kind {
+        ErrorKind::Authentication { message, .. }
+            if message.to_lowercase().contains("authentication failed") =>
+        {
+            Some((
+                18,
+                "AuthenticationFailed".into(),
+                "Authentication failed.".into(),
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// `No available servers …` with the topology reduced to each server's error.
