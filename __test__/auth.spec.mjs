@@ -1,5 +1,6 @@
 // A server that requires authentication: a wrong password rejects as the Node driver
-// reports it (MongoServerError, code 18), without the password; the right one works.
+// reports it (MongoServerError, code 18), at once rather than at the end of server
+// selection, without the password; the right one works.
 import { spawn } from 'node:child_process'
 import test from 'ava'
 import { MongoClient, MongoServerError } from 'mongodb'
@@ -25,11 +26,17 @@ async function authServer (t) {
   throw new Error('the server with --auth did not come up')
 }
 
-test('a wrong password rejects with the server\'s code 18; the right one locks', async (t) => {
+test('a wrong password rejects at once with the server\'s code 18; the right one locks', async (t) => {
   const url = await authServer(t)
-  const wrong = new ResourceLock({ url: url('wrong-secret'), databaseName: 'auth' })
+  // Server selection would go on for 30 s: the refusal must not wait for it.
+  const wrong = new ResourceLock({ url: `${url('wrong-secret')}&serverSelectionTimeoutMS=30000`, databaseName: 'auth' })
   t.teardown(() => wrong.close())
+  const started = Date.now()
   const error = await t.throwsAsync(wrong.lock(['k']))
+  const waited = Date.now() - started
+  t.true(waited < 15_000, `the refusal took ${waited} ms`)
+  const held = await t.throwsAsync(wrong.doWhileLocked(['k'], () => t.fail('ran without a lock'), { waitTimeout: 60_000 }))
+  t.is(held.code, 18)
   t.true(error instanceof MongoServerError)
   t.is(error.code, 18)
   t.is(error.codeName, 'AuthenticationFailed')

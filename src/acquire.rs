@@ -56,7 +56,8 @@ impl Asked {
     /// Takes the lock as asked: the guard, and the key as JavaScript is given it.
     pub async fn take(mut self, connection: &Connection) -> Result<(LockGuard, JsKey), Failure> {
         let service = connection.service().await?;
-        match service.acquire(&self.ids.key, &self.acquire).await {
+        let acquired = service.acquire(&self.ids.key, &self.acquire);
+        match connection.unless_refused(acquired).await {
             Ok(guard) => Ok((guard, self.ids.js_key())),
             Err(e) => Err(self.followed.failure(e)),
         }

@@ -5,10 +5,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
+use lock_core::mongodb::error::{Error as DriverError, ErrorKind};
+use lock_core::mongodb::event::sdam::SdamEvent;
+use lock_core::mongodb::event::EventHandler;
 use lock_core::mongodb::options::{ClientOptions, ConnectionString, WriteConcern};
 use lock_core::mongodb::Client;
 use lock_core::{LockError, LockService};
-use tokio::sync::OnceCell;
+use tokio::sync::{watch, OnceCell};
 
 use crate::node_client::NodeClientSettings;
 
@@ -28,6 +33,8 @@ pub struct Connection {
     max_pool_size: Option<u32>,
     service: OnceCell<Arc<LockService>>,
     closed: AtomicBool,
+    /// The server's refusal of our credentials, while it stands (`unless_refused`).
+    refused: Arc<watch::Sender<Option<DriverError>>>,
     /// Passwords, removed from every error message.
     pub secrets: Vec<String>,
 }
@@ -54,6 +61,7 @@ impl Connection {
             max_pool_size,
             service: OnceCell::new(),
             closed: AtomicBool::new(false),
+            refused: Arc::new(watch::channel(None).0),
             secrets,
         }
     }
@@ -66,7 +74,8 @@ impl Connection {
         let service = self
             .service
             .get_or_try_init(|| async {
-                let options = self.client_options().await?;
+                let mut options = self.client_options().await?;
+                options.sdam_event_handler = Some(watch_refusals(self.refused.clone()));
                 let database = self
                     .database
                     .clone()
@@ -87,6 +96,22 @@ impl Connection {
             return Err(LockError::Closed);
         }
         Ok(service)
+    }
+
+    /// `work`, unless the server refuses our credentials first. The Rust driver keeps
+    /// selecting a server until its timeout before it reports a refused authentication
+    /// (10 s measured); the Node driver fails at once, and so does this.
+    pub async fn unless_refused<T>(
+        &self,
+        work: impl Future<Output = Result<T, LockError>>,
+    ) -> Result<T, LockError> {
+        let mut refused = self.refused.subscribe();
+        tokio::select! {
+            result = work => result,
+            Ok(refusal) = refused.wait_for(Option::is_some) => {
+                Err(LockError::Mongo(refusal.clone().expect("waited for Some")))
+            }
+        }
     }
 
     /// Refuses every later call and closes the service if it was ever connected.
@@ -129,6 +154,25 @@ impl Connection {
             }
         }
     }
+}
+
+/// Follows the servers' descriptions: a server marked unknown because it refused our
+/// credentials sets `refused`; one known again clears it.
+fn watch_refusals(refused: Arc<watch::Sender<Option<DriverError>>>) -> EventHandler<SdamEvent> {
+    EventHandler::callback(move |event| {
+        let SdamEvent::ServerDescriptionChanged(change) = event else {
+            return;
+        };
+        match change.new_description.error() {
+            Some(error) if matches!(*error.kind, ErrorKind::Authentication { .. }) => {
+                refused.send_replace(Some(error.clone()));
+            }
+            Some(_) => {}
+            None => {
+                refused.send_replace(None);
+            }
+        }
+    })
 }
 
 /// What of a connection string must never appear in an error: the password as the

@@ -142,8 +142,8 @@ async fn hold(
         followed,
     } = prepared;
     let service = connection.service().await?;
-    let guard = service
-        .acquire(&ids.key, &acquire)
+    let guard = connection
+        .unless_refused(service.acquire(&ids.key, &acquire))
         .await
         .map_err(|e| followed.failure(e))?;
 

@@ -31,7 +31,8 @@ impl ResourceLock {
             env,
             async move {
                 let mut ids = parsed?;
-                let holder = connection.service().await?.holder(&ids.key).await?;
+                let service = connection.service().await?;
+                let holder = connection.unless_refused(service.holder(&ids.key)).await?;
                 Ok(holder.map(|holder| (holder, ids.js_key())))
             },
             |env, found| {

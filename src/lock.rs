@@ -33,7 +33,10 @@ impl ResourceLock {
             env,
             async move {
                 let (mut ids, lease) = parsed?;
-                connection.service().await?.lock(&ids.key, lease).await?;
+                let service = connection.service().await?;
+                connection
+                    .unless_refused(service.lock(&ids.key, lease))
+                    .await?;
                 Ok(ids.js_key())
             },
             |_, key| Ok(key),

@@ -27,10 +27,9 @@ impl ResourceLock {
             env,
             async move {
                 let ids = parsed?;
+                let service = connection.service().await?;
                 connection
-                    .service()
-                    .await?
-                    .unlock(&ids.key, &ids.ids)
+                    .unless_refused(service.unlock(&ids.key, &ids.ids))
                     .await?;
                 Ok(())
             },
