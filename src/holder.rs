@@ -1,13 +1,14 @@
 //! `holder(resourceIds)` and `isLocked(resourceIds)`: who holds a lock now, read from
 //! `_locks`, for dashboards and health checks.
 
-use lock_core::Holder;
+use lock_core::{Holder, LockError};
 use napi::bindgen_prelude::ToNapiValue as _;
 use napi::bindgen_prelude::{JsObjectValue, Null, Object, PromiseRaw};
 use napi::{Env, JsValue, Unknown};
 use napi_derive::napi;
 
-use crate::resource_ids::{self, JsKey};
+use crate::connection::Connection;
+use crate::resource_ids::{self, JsKey, ResourceIds};
 use crate::resource_lock::ResourceLock;
 
 #[napi]
@@ -31,8 +32,7 @@ impl ResourceLock {
             env,
             async move {
                 let mut ids = parsed?;
-                let service = connection.service().await?;
-                let holder = connection.unless_refused(service.holder(&ids.key)).await?;
+                let holder = read(&connection, &ids).await?;
                 Ok(holder.map(|holder| (holder, ids.js_key())))
             },
             |env, found| {
@@ -57,18 +57,16 @@ impl ResourceLock {
         let connection = self.connection.clone();
         self.run(
             env,
-            async move {
-                let ids = parsed?;
-                Ok(connection
-                    .service()
-                    .await?
-                    .holder(&ids.key)
-                    .await?
-                    .is_some())
-            },
+            async move { Ok(read(&connection, &parsed?).await?.is_some()) },
             |_, locked| Ok(locked),
         )
     }
+}
+
+/// The holder of `ids`' lock, read from `_locks`.
+async fn read(connection: &Connection, ids: &ResourceIds) -> Result<Option<Holder>, LockError> {
+    let service = connection.service().await?;
+    connection.unless_refused(service.holder(&ids.key)).await
 }
 
 fn to_js<'env>(env: &'env Env, holder: Holder, key: JsKey) -> napi::Result<Object<'env>> {

@@ -42,6 +42,11 @@ pub fn trusted(lease: Duration) -> Duration {
         .saturating_sub(Duration::from_millis(1))
 }
 
+/// How often a lease is renewed: every third of it.
+fn renewal_interval(lease: Duration) -> Duration {
+    (lease / 3).max(Duration::from_millis(1))
+}
+
 /// What the holders learn when the lock is lost: shared by the keeper and the guards.
 #[derive(Clone, Default)]
 pub(crate) struct Loss {
@@ -117,7 +122,7 @@ impl KeeperHandle {
             extends: extend_requests,
             renewal: None,
             replies: (Vec::new(), Vec::new()),
-            next_renewal: held.sent_at + (lease / 3).max(Duration::from_millis(1)),
+            next_renewal: held.sent_at + renewal_interval(lease),
             last_error: None,
         };
         let stop = CancellationToken::new();
@@ -186,7 +191,7 @@ struct Keeper {
 
 impl Keeper {
     fn every(&self) -> Duration {
-        (self.lease / 3).max(Duration::from_millis(1))
+        renewal_interval(self.lease)
     }
 
     fn lock_deadline(&self) -> Option<Instant> {
