@@ -14,6 +14,7 @@ use crate::guard::{DbHold, LockGuard};
 use crate::key::LockKey;
 use crate::lease::HoldOptions;
 use crate::local_queue::LocalTurn;
+use crate::release_feed::{HandOver, Subscription, Wake};
 use crate::shared::Shared;
 use crate::store::{Blocker, Held};
 
@@ -51,7 +52,7 @@ pub(crate) async fn acquire(
         }
         // Lost while it waited for us (its lease ran out): compete as usual.
         let _ = hold.end().await;
-        turn.inheritance_lost();
+        turn.restart_streak();
     }
     let owner = uuid::Uuid::new_v4().simple().to_string();
     if let Some(until) = turn.yielding_until() {
@@ -139,13 +140,24 @@ impl Wait<'_> {
             .await;
         if let Err(LockError::Aborted | LockError::Closed | LockError::WaitTimeout) = &joined {
             let (shared, key) = (self.shared.clone(), self.key.clone());
+            let lease = self.options.hold.lease;
             tokio::spawn(async move {
                 if let Ok(Ok(Some(held))) = task.await {
-                    let _ = shared.store.delete_owned(&key, &held.owner).await;
+                    let _ = shared.store.give_up(&key, &held.owner, lease).await;
                 }
             });
         }
         joined
+    }
+
+    /// Leaves the queue in the background after giving up, releasing the lock if it
+    /// was handed to us in the meantime.
+    fn leave_queue(&self, owner: &str) {
+        let (shared, key, owner) = (self.shared.clone(), self.key.clone(), owner.to_owned());
+        let lease = self.options.hold.lease;
+        tokio::spawn(async move {
+            let _ = shared.store.give_up(&key, &owner, lease).await;
+        });
     }
 
     async fn insert(&self, owner: &str) -> Result<Option<Held>> {
@@ -158,6 +170,25 @@ impl Wait<'_> {
         }
     }
 
+    async fn claim(&self, owner: &str) -> Result<Option<Held>> {
+        let (shared, key, owner) = (self.shared.clone(), self.key.clone(), owner.to_owned());
+        let lease = self.options.hold.lease;
+        self.acquiring_write(async move { shared.store.claim(&key, &owner, lease).await })
+            .await
+    }
+
+    /// The lock the change stream says is now ours; confirmed with a write when too
+    /// little of the lease it was handed with is left.
+    async fn handed_over(&self, handed: HandOver, owner: &str) -> Result<Option<Held>> {
+        let (expiry, token) = (handed.lease_expires_at, handed.fencing_token);
+        let lease = self.options.hold.lease;
+        let store = &self.shared.store;
+        match store.handed_over(owner, expiry, token, lease).await? {
+            Some(held) => Ok(Some(held)),
+            None => self.claim(owner).await,
+        }
+    }
+
     async fn take_over(&self, blocker: &Blocker, owner: &str) -> Result<Option<Held>> {
         let (shared, key, blocker) = (self.shared.clone(), self.key.clone(), blocker.clone());
         let (owner, lease) = (owner.to_owned(), Some(self.options.hold.lease));
@@ -165,9 +196,19 @@ impl Wait<'_> {
         self.acquiring_write(write).await
     }
 
-    /// Tries until the lock is ours, waiting between attempts for the document in the
-    /// way to be deleted (change stream) or to expire, or for the next poll.
+    /// Tries until the lock is ours. Where the change stream runs, the waiter joins
+    /// the lock's queue and is woken when the lock is handed to it or deleted; where it
+    /// does not, it polls. Either way it takes the lock over once its lease has passed.
     async fn in_database(&self, owner: &str) -> Result<Held> {
+        let mut queued = false;
+        let held = self.attempts(owner, &mut queued).await;
+        if held.is_err() && queued {
+            self.leave_queue(owner);
+        }
+        held
+    }
+
+    async fn attempts(&self, owner: &str, queued: &mut bool) -> Result<Held> {
         let mut backoff = Backoff::new(self.options.retry_interval);
         let mut subscription = None;
         loop {
@@ -185,38 +226,87 @@ impl Wait<'_> {
                 subscription = Some(self.interruptible(async { Ok(subscribe.await) }).await?);
             }
             let releases = subscription.as_mut().expect("subscribed above");
-            let Some(blocker) = self
-                .interruptible(self.shared.store.blocker(self.key))
-                .await?
-            else {
+            *queued |= releases.live;
+            let blocker = match self.in_the_way(releases.live, owner).await? {
+                InTheWay::Lock(blocker) => blocker,
+                InTheWay::Ours(held) => return Ok(held),
                 // Released between our insert and our look: try again at once.
-                continue;
+                InTheWay::Nothing => continue,
             };
             if let Some(held) = self.take_over(&blocker, owner).await? {
                 return Ok(held);
             }
-            let poll = if releases.live {
-                SAFETY_POLL.max(self.options.retry_interval)
-            } else {
-                backoff.next()
-            };
-            let pause = match self.interruptible(self.until_expiry(&blocker)).await? {
+            let pause = self.pause(releases, &blocker, &mut backoff).await?;
+            if let Some(handed) = self.wait(releases, &blocker, owner, pause).await? {
+                if let Some(held) = self.handed_over(handed, owner).await? {
+                    return Ok(held);
+                }
+            }
+        }
+    }
+
+    /// The lock in our way, having joined its queue if we can hear our turn come.
+    async fn in_the_way(&self, queue: bool, owner: &str) -> Result<InTheWay> {
+        let store = &self.shared.store;
+        let found = if queue {
+            self.interruptible(store.enqueue(self.key, owner)).await?
+        } else {
+            self.interruptible(store.blocker(self.key)).await?
+        };
+        Ok(match (found, queue) {
+            (Some(blocker), _) => InTheWay::Lock(blocker),
+            (None, false) => InTheWay::Nothing,
+            // No lock, or one handed to us while we did not listen.
+            (None, true) => self
+                .claim(owner)
+                .await?
+                .map_or(InTheWay::Nothing, InTheWay::Ours),
+        })
+    }
+
+    /// How long to wait at most before looking again: until the blocker's lease has
+    /// passed, or the next poll.
+    async fn pause(
+        &self,
+        releases: &Subscription,
+        blocker: &Blocker,
+        backoff: &mut Backoff,
+    ) -> Result<Duration> {
+        let poll = if releases.live {
+            SAFETY_POLL.max(self.options.retry_interval)
+        } else {
+            backoff.next()
+        };
+        Ok(
+            match self.interruptible(self.until_expiry(blocker)).await? {
                 Some(expiry) => poll.min(expiry),
                 None => poll,
-            };
-            let now = Instant::now();
-            if now >= self.deadline {
-                return Err(LockError::WaitTimeout);
-            }
-            self.interruptible(async {
-                tokio::select! {
-                    _ = releases.released(&blocker.doc_id) => {}
-                    _ = tokio::time::sleep_until(now + pause) => {}
-                }
-                Ok(())
-            })
-            .await?;
+            },
+        )
+    }
+
+    /// Waits up to `pause` for the blocker to be deleted or handed to us.
+    async fn wait(
+        &self,
+        releases: &mut Subscription,
+        blocker: &Blocker,
+        owner: &str,
+        pause: Duration,
+    ) -> Result<Option<HandOver>> {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return Err(LockError::WaitTimeout);
         }
+        self.interruptible(async {
+            tokio::select! {
+                wake = releases.wake(&blocker.doc_id, owner) => match wake {
+                    Wake::HandedToUs(handed) => Ok(Some(handed)),
+                    Wake::Retry => Ok(None),
+                },
+                _ = tokio::time::sleep_until(now + pause) => Ok(None),
+            }
+        })
+        .await
     }
 
     /// The rest of a single attempt (`waitTimeout: 0`): take the lock over if its lease
@@ -240,6 +330,12 @@ impl Wait<'_> {
         let millis = (expiry.timestamp_millis() - earliest).max(0) as u64;
         Ok(Some(Duration::from_millis(millis + 1)))
     }
+}
+
+enum InTheWay {
+    Lock(Blocker),
+    Ours(Held),
+    Nothing,
 }
 
 /// Polling pauses for deployments without change streams: doubling from a few

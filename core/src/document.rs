@@ -23,9 +23,15 @@ pub const OWNER: &str = "owner";
 /// When the lease ends, on the server's clock. Absent on locks without a lease
 /// (the original's, and `lock()` without `lease`), which are never taken over.
 pub const LEASE_EXPIRES_AT: &str = "lease_expires_at";
-/// Set by a waiter of another process that found the lock in its way: when the
-/// holder's process releases the key, it lets that waiter try first.
+/// Set by a waiter of another process that found the lock in its way and cannot
+/// queue (no change stream): when the holder's process releases the key, it lets that
+/// waiter try first.
 pub const CONTENDED: &str = "contended";
+/// The waiting processes' tickets: the owner ids they will hold under, in order of
+/// arrival. A release hands the lock to the first (`store/queue.rs`).
+pub const QUEUE: &str = "queue";
+/// How many times this document was handed from process to process through `QUEUE`.
+pub const HANDOVERS: &str = "handovers";
 
 /// A new lock document, as the original writes it plus our fields.
 pub fn new_lock(key: &LockKey, owner: &str, lease_expires_at: Option<DateTime>) -> Document {
@@ -55,6 +61,29 @@ pub fn new_owner(owner: &str, lease_expires_at: Option<DateTime>) -> Document {
         None => None,
     };
     set
+}
+
+/// The update pipeline that passes a lock to the first ticket of its queue, if it has
+/// one and has been passed on fewer than `cap` times; else it leaves the document as
+/// it is. One write, whatever the number of tickets.
+pub fn hand_over(lease_expires_at: DateTime, cap: i32) -> Vec<Document> {
+    let queue = format!("${QUEUE}");
+    let handovers = doc! { "$ifNull": [format!("${HANDOVERS}"), 0] };
+    let handing = doc! { "$and": [
+        { "$gt": [{ "$size": { "$ifNull": [&queue, []] } }, 0] },
+        { "$lt": [handovers.clone(), cap] },
+    ] };
+    let now = now_millis();
+    let either =
+        |then: Bson, field: &str| doc! { "$cond": [handing.clone(), then, format!("${field}")] };
+    vec![doc! { "$set": {
+        OWNER: either(doc! { "$arrayElemAt": [&queue, 0] }.into(), OWNER),
+        QUEUE: either(doc! { "$slice": [&queue, 1, i32::MAX] }.into(), QUEUE),
+        LEASE_EXPIRES_AT: either(lease_expires_at.into(), LEASE_EXPIRES_AT),
+        HANDOVERS: either(doc! { "$add": [handovers, 1] }.into(), HANDOVERS),
+        LOCKED_AT: either(Bson::Double(now as f64), LOCKED_AT),
+        "_meta_data.updated_at": either(millis_timestamp(now).into(), "_meta_data.updated_at"),
+    } }]
 }
 
 /// `Timestamp.fromNumber(Date.now())` of the Node.js driver: the millisecond count

@@ -23,10 +23,13 @@ use crate::key::LockKey;
 use crate::lease::{HoldOptions, KeeperHandle, Work};
 use crate::local_queue::LocalTurn;
 use crate::shared::Shared;
-use crate::store::{Held, Released};
+use crate::store::{Held, PassedOn, Released};
 
 /// Bits of a fencing token below the database token: room for the local sequence.
 const LOCAL_SEQUENCE_BITS: u32 = 16;
+/// Holders under one hold before it is released in the database, so that the local
+/// sequence never reaches the database token's bits.
+const MAX_HOLDERS: u32 = (1 << LOCAL_SEQUENCE_BITS) - 1;
 
 /// The lock as this process holds it in the database.
 pub(crate) struct DbHold {
@@ -34,6 +37,8 @@ pub(crate) struct DbHold {
     key: LockKey,
     owner: String,
     database_token: u64,
+    /// Whether other processes were probably queued when it was taken.
+    queued_behind: bool,
     /// Holders so far under this hold, the first included.
     holders: AtomicU32,
     /// The lease the keeper writes, in ms.
@@ -56,6 +61,7 @@ impl DbHold {
             key,
             owner: held.owner,
             database_token: held.fencing_token,
+            queued_behind: held.queued_behind,
             holders: AtomicU32::new(0),
             lease_ms: AtomicU64::new(lease.as_millis() as u64),
             keeper,
@@ -72,10 +78,36 @@ impl DbHold {
         self.keeper.loss.lost.is_cancelled()
     }
 
-    /// Stops the keeper and deletes the lock document if it is still ours.
+    /// Whether another holder may still follow under this hold.
+    fn sequence_left(&self) -> bool {
+        self.holders.load(Ordering::SeqCst) < MAX_HOLDERS
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.load(Ordering::SeqCst))
+    }
+
+    /// Stops the keeper and passes the lock to the next process in its queue, or
+    /// deletes it, if it is still ours.
     pub async fn end(&self) -> Result<Released> {
         self.keeper.stop();
-        self.shared.store.delete_owned(&self.key, &self.owner).await
+        let (key, owner, lease) = (&self.key, &self.owner, self.lease());
+        let store = &self.shared.store;
+        store.release(key, owner, lease, self.queued_behind).await
+    }
+
+    /// Passes the lock to the next process in its queue, if any; the keeper goes on
+    /// unless it was passed on.
+    async fn pass_on(&self) -> Result<PassedOn> {
+        let passed = self
+            .shared
+            .store
+            .pass_on(&self.key, &self.owner, self.lease())
+            .await;
+        if matches!(passed, Ok(PassedOn::HandedOver)) {
+            self.keeper.stop();
+        }
+        passed
     }
 
     /// A lock this process left for a local waiter that did not take it.
@@ -214,8 +246,9 @@ impl LockGuard {
     }
 
     /// Releases the lock: hands it to the next waiter of this process when there is
-    /// one (for at most `MAX_LOCAL_HANDOVERS` turns in a row), else deletes it, but
-    /// only if it is still ours. `Ok(false)` when it was no longer ours.
+    /// one (after `MAX_LOCAL_HANDOVERS` turns in a row, only if no other process is
+    /// queued), else to the next process in the database's queue, else deletes it;
+    /// but only if it is still ours. `Ok(false)` when it was no longer ours.
     pub async fn release(mut self) -> Result<bool> {
         self.released = true;
         self.stop.cancel();
@@ -246,22 +279,46 @@ async fn release(hold: Arc<DbHold>, turn: Option<LocalTurn>, hand_over: bool) ->
     let Some(mut turn) = turn else {
         return Ok(hold.end().await? != Released::NotOurs);
     };
-    if hand_over && !hold.shared.is_closed() && turn.may_hand_over() {
-        hold.keeper.work.send_replace(None);
-        let slot = turn.hand_over(Box::new(hold));
-        // The waiter may have given up in the meantime: then nobody holds the turn
-        // now and the lock must not stay behind.
-        if let Some(orphan) = slot.take_orphaned().and_then(DbHold::from_orphan) {
-            orphan.end().await?;
+    if hand_over && !hold.shared.is_closed() && turn.has_waiters() && hold.sequence_left() {
+        if turn.streak_used_up() {
+            // Other processes' turn first, if any is queued; else ours goes on.
+            match hold.pass_on().await? {
+                PassedOn::NobodyQueued { contended: false } => turn.restart_streak(),
+                PassedOn::HandedOver => return Ok(released(&hold, turn, Released::HandedOver)),
+                PassedOn::NotOurs => return Ok(released(&hold, turn, Released::NotOurs)),
+                PassedOn::NobodyQueued { contended: true } | PassedOn::Capped => {
+                    let ended = hold.end().await?;
+                    return Ok(released(&hold, turn, ended));
+                }
+            }
         }
-        return Ok(true);
+        return hand_over_locally(hold, turn).await;
     }
-    let released = hold.end().await;
-    let contended = matches!(released, Ok(Released::Contended));
+    let ended = hold.end().await;
+    let released = released(&hold, turn, *ended.as_ref().unwrap_or(&Released::Free));
+    ended.map(|_| released)
+}
+
+/// Leaves the lock to the next waiter of this process.
+async fn hand_over_locally(hold: Arc<DbHold>, turn: LocalTurn) -> Result<bool> {
+    hold.keeper.work.send_replace(None);
+    let slot = turn.hand_over(Box::new(hold));
+    // The waiter may have given up in the meantime: then nobody holds the turn
+    // now and the lock must not stay behind.
+    if let Some(orphan) = slot.take_orphaned().and_then(DbHold::from_orphan) {
+        orphan.end().await?;
+    }
+    Ok(true)
+}
+
+/// Ends the turn after the lock left this process; after a contended release, the
+/// next local attempt waits a moment so that the other process's waiter gets it.
+fn released(hold: &DbHold, mut turn: LocalTurn, how: Released) -> bool {
+    let contended = how == Released::Contended;
     turn.released(contended.then(|| hold.shared.store.yield_window()));
     drop(turn);
     hold.shared.queues.tidy(&hold.key);
-    Ok(released? != Released::NotOurs)
+    how != Released::NotOurs
 }
 
 #[cfg(test)]
@@ -280,6 +337,7 @@ mod tests {
             owner: "me".into(),
             sent_at: Instant::now(),
             fencing_token: 1,
+            queued_behind: false,
         };
         let key = LockKey::Str("k".into());
         let turn = service.queues.slot(&key).try_turn().unwrap();

@@ -89,10 +89,15 @@ pub struct LocalTurn {
 }
 
 impl LocalTurn {
-    /// Whether the lock may go to the next waiter of this process without a release
-    /// in the database: somebody is queued, and the streak is not used up.
-    pub fn may_hand_over(&self) -> bool {
-        self.slot.waiting.load(Ordering::SeqCst) > 0 && self.state.streak < MAX_LOCAL_HANDOVERS
+    /// Whether another caller of this process waits for the key.
+    pub fn has_waiters(&self) -> bool {
+        self.slot.waiting.load(Ordering::SeqCst) > 0
+    }
+
+    /// Whether this process handed the key to its own waiters `MAX_LOCAL_HANDOVERS`
+    /// times in a row: other processes' waiters come first now.
+    pub fn streak_used_up(&self) -> bool {
+        self.state.streak >= MAX_LOCAL_HANDOVERS
     }
 
     /// Leaves the lock to the next waiter, and gives up the turn.
@@ -108,8 +113,9 @@ impl LocalTurn {
         self.state.inherited.take()
     }
 
-    /// The inherited lock was lost before it could be taken: the streak starts over.
-    pub fn inheritance_lost(&mut self) {
+    /// The streak starts over: the inherited lock was lost before it could be taken,
+    /// or no other process waits for the key.
+    pub fn restart_streak(&mut self) {
         self.state.streak = 0;
     }
 
@@ -190,7 +196,7 @@ mod tests {
             });
             tokio::task::yield_now().await;
         }
-        assert!(first.may_hand_over());
+        assert!(first.has_waiters() && !first.streak_used_up());
         drop(first);
         let order: Vec<_> = [rx.recv().await, rx.recv().await, rx.recv().await].into();
         assert_eq!(order, vec![Some(0), Some(1), Some(2)]);

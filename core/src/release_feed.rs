@@ -1,4 +1,5 @@
-//! Wakes waiters when a lock document is deleted, instead of on a timer.
+//! Wakes waiters when a lock document is deleted or handed to them through its
+//! queue (`store.rs`), instead of on a timer.
 //!
 //! One change stream per `LockService` (so per client), shared by all its waiters,
 //! opened when the first waiter needs it and closed again after a quiet minute, so
@@ -12,9 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::change_stream::event::{ChangeStreamEvent, OperationType};
 use mongodb::error::ErrorKind;
 use mongodb::Collection;
+
+use crate::document::{LEASE_EXPIRES_AT, OWNER};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,8 +34,34 @@ pub struct ReleaseFeed {
     inner: Arc<Inner>,
 }
 
+/// A change to a lock document that a waiter may be waiting for.
+#[derive(Debug, Clone)]
+enum Change {
+    Deleted(Bson),
+    HandedOver(HandOver),
+}
+
+/// A lock passed on through its queue, as the change stream tells it.
+#[derive(Debug, Clone)]
+pub struct HandOver {
+    doc_id: Bson,
+    pub owner: String,
+    pub lease_expires_at: DateTime,
+    /// The cluster time of the write that passed it on: the new holder's fencing token.
+    pub fencing_token: u64,
+}
+
+/// Why a waiter woke.
+#[derive(Debug)]
+pub enum Wake {
+    /// The document in its way was deleted, or events were lost: try again.
+    Retry,
+    /// The lock is now the waiter's.
+    HandedToUs(HandOver),
+}
+
 struct Inner {
-    released: broadcast::Sender<Bson>,
+    released: broadcast::Sender<Change>,
     state: watch::Sender<FeedState>,
     running: Mutex<Running>,
     stop: CancellationToken,
@@ -48,22 +78,25 @@ enum Running {
 
 /// A waiter's view of the feed.
 pub struct Subscription {
-    released: broadcast::Receiver<Bson>,
+    released: broadcast::Receiver<Change>,
     pub live: bool,
 }
 
 impl Subscription {
-    /// Resolves when the document `doc_id` is deleted (or events were lost, in which
-    /// case waking once too often is the safe side).
-    pub async fn released(&mut self, doc_id: &Bson) {
+    /// Resolves when the document `doc_id` is deleted or handed to `owner` (or events
+    /// were lost, in which case waking once too often is the safe side).
+    pub async fn wake(&mut self, doc_id: &Bson, owner: &str) -> Wake {
         if !self.live {
             return std::future::pending().await;
         }
         loop {
             match self.released.recv().await {
-                Ok(id) if &id == doc_id => return,
+                Ok(Change::Deleted(id)) if &id == doc_id => return Wake::Retry,
+                Ok(Change::HandedOver(h)) if &h.doc_id == doc_id && h.owner == owner => {
+                    return Wake::HandedToUs(h)
+                }
                 Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Lagged(_)) => return Wake::Retry,
                 Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
             }
         }
@@ -140,9 +173,13 @@ fn stop_if_unused(inner: &Inner) -> bool {
 /// reach (a restart, a failover) is tried again every `REOPEN_DELAY` while anyone waits.
 async fn follow(inner: &Inner, locks: Collection<Document>) {
     loop {
+        let owner_changed = format!("updateDescription.updatedFields.{OWNER}");
         let opened = locks
             .watch()
-            .pipeline([doc! { "$match": { "operationType": "delete" } }])
+            .pipeline([doc! { "$match": { "$or": [
+                { "operationType": "delete" },
+                { "operationType": "update", owner_changed: { "$exists": true } },
+            ] } }])
             .await;
         let mut stream = match opened {
             Ok(stream) => stream,
@@ -167,9 +204,9 @@ async fn follow(inner: &Inner, locks: Collection<Document>) {
             tokio::select! {
                 event = stream.next() => match event {
                     Some(Ok(event)) => {
-                        if let Some(id) = event.document_key.and_then(|k| k.get("_id").cloned()) {
+                        if let Some(change) = change(event) {
                             // No receiver is fine: nobody is waiting.
-                            let _ = inner.released.send(id);
+                            let _ = inner.released.send(change);
                         }
                     }
                     Some(Err(_)) | None => break,
@@ -185,4 +222,20 @@ async fn follow(inner: &Inner, locks: Collection<Document>) {
         inner.state.send_replace(FeedState::Unavailable);
         tokio::time::sleep(REOPEN_DELAY).await;
     }
+}
+
+/// What an event of the stream means to waiters, if anything.
+fn change(event: ChangeStreamEvent<Document>) -> Option<Change> {
+    let doc_id = event.document_key?.get("_id")?.clone();
+    if event.operation_type == OperationType::Delete {
+        return Some(Change::Deleted(doc_id));
+    }
+    let fields = event.update_description?.updated_fields;
+    let time = event.cluster_time?;
+    Some(Change::HandedOver(HandOver {
+        doc_id,
+        owner: fields.get_str(OWNER).ok()?.to_owned(),
+        lease_expires_at: *fields.get_datetime(LEASE_EXPIRES_AT).ok()?,
+        fencing_token: ((time.time as u64) << 32) | time.increment as u64,
+    }))
 }

@@ -14,10 +14,12 @@ use tokio::time::Instant;
 
 use crate::document::{
     self, CONTENDED, FENCES_COLLECTION, ID, LEASE_EXPIRES_AT, LOCKED_AT, LOCKS_COLLECTION, OWNER,
+    QUEUE,
 };
 use crate::error::{LockError, Result, DUPLICATE_KEY};
 use crate::key::LockKey;
-use crate::server_clock::{ServerClock, ServerTime};
+use crate::lease::trusted;
+use crate::server_clock::{ServerClock, ServerTime, MAX_DRIFT};
 
 /// The one document of `_lock_fences`: a counter shared by all keys, so tokens
 /// increase globally and nothing accumulates per key.
@@ -32,6 +34,9 @@ pub struct Held {
     pub sent_at: Instant,
     /// Strictly increasing per key across processes and restarts (see `fencing_token`).
     pub fencing_token: u64,
+    /// Whether other processes were probably queued for it when it was taken: its
+    /// release then tries to pass it on before deleting it.
+    pub queued_behind: bool,
 }
 
 /// What stands in the way of an acquisition.
@@ -39,6 +44,15 @@ pub struct Held {
 pub struct Blocker {
     pub doc_id: Bson,
     pub lease_expires_at: Option<DateTime>,
+}
+
+impl From<&Document> for Blocker {
+    fn from(found: &Document) -> Self {
+        Blocker {
+            lease_expires_at: found.get_datetime(LEASE_EXPIRES_AT).ok().copied(),
+            doc_id: found.get("_id").cloned().unwrap_or(Bson::Null),
+        }
+    }
 }
 
 /// A lock document as `find` reads it.
@@ -58,8 +72,20 @@ pub enum Released {
     Free,
     /// Deleted; a waiter marked it while we held it.
     Contended,
+    /// Passed to the first waiter of its queue (`store/queue.rs`).
+    HandedOver,
     /// It was no longer ours.
     NotOurs,
+}
+
+impl Released {
+    fn from_deleted(deleted: &Document) -> Self {
+        if deleted.get_bool(CONTENDED).unwrap_or(false) {
+            Released::Contended
+        } else {
+            Released::Free
+        }
+    }
 }
 
 pub struct LockStore {
@@ -176,6 +202,7 @@ impl LockStore {
                 owner: owner.to_owned(),
                 sent_at,
                 fencing_token,
+                queued_behind: false,
             }),
             Ok(None) => Err(LockError::lost(
                 "the lock was taken over before its fencing token was drawn",
@@ -189,7 +216,8 @@ impl LockStore {
     }
 
     /// The lock document in the way, if any, marked as contended so that its holder's
-    /// process lets other processes have the next turn.
+    /// process lets other processes have the next turn: for waiters that cannot queue
+    /// (`enqueue`) because they have no change stream to hear their turn on.
     pub async fn blocker(&self, key: &LockKey) -> Result<Option<Blocker>> {
         let found = self
             .locks
@@ -199,10 +227,7 @@ impl LockStore {
             )
             .projection(doc! { "_id": 1, LEASE_EXPIRES_AT: 1 })
             .await?;
-        Ok(found.map(|d| Blocker {
-            lease_expires_at: d.get_datetime(LEASE_EXPIRES_AT).ok().copied(),
-            doc_id: d.get("_id").cloned().unwrap_or(Bson::Null),
-        }))
+        Ok(found.as_ref().map(Blocker::from))
     }
 
     /// Takes over `blocker` if its lease has passed on the server's clock. The filter
@@ -232,6 +257,7 @@ impl LockStore {
                     "$set": document::new_owner(owner, expiry),
                     // The marks were meant for the previous holder's process.
                     "$unset": { CONTENDED: "" },
+                    "$pull": { QUEUE: owner },
                 },
             )
             .projection(doc! { "_id": 1 })
@@ -258,6 +284,7 @@ impl LockStore {
                 owner: owner.to_owned(),
                 sent_at,
                 fencing_token,
+                queued_behind: true,
             })),
             Err(e) => {
                 let _ = self.delete_owned(key, owner).await;
@@ -286,11 +313,7 @@ impl LockStore {
             .find_one_and_delete(doc! { ID: key.to_bson(), OWNER: owner })
             .projection(doc! { CONTENDED: 1 })
             .await?;
-        Ok(match deleted {
-            None => Released::NotOurs,
-            Some(d) if d.get_bool(CONTENDED).unwrap_or(false) => Released::Contended,
-            Some(_) => Released::Free,
-        })
+        Ok(deleted.map_or(Released::NotOurs, |d| Released::from_deleted(&d)))
     }
 
     /// How long a process that just released a contended lock lets others try first:
@@ -373,6 +396,180 @@ impl LockStore {
             .projection(doc! { "_id": 1 })
             .await?;
         Ok(ours.map(|_| token))
+    }
+}
+
+// The queue of processes waiting for a lock, kept on the lock document itself: an
+// array of tickets (`QUEUE`, the owner ids they will hold under) in order of arrival.
+//
+// A waiter joins with the same write that looks up the lock in its way, and listens
+// to the change stream. A release passes the lock to the first ticket with one update
+// (`pass_on`), so its cost does not grow with the number of waiters, and only that
+// waiter wakes: the stream's event carries the new owner, the stored lease and the
+// write's cluster time, which is its fencing token. Nobody races, nobody retries.
+//
+// A document passed on `HANDOVER_CAP` times is deleted at its next release instead,
+// so that processes that cannot queue (the original class, waiters without a change
+// stream) still get their chance to insert.
+
+/// Hand-overs through the queue before the document is deleted once.
+pub const HANDOVER_CAP: i32 = 16;
+
+/// What `pass_on` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassedOn {
+    /// The first waiter of the queue holds it now.
+    HandedOver,
+    /// Still ours: nobody is queued. `contended` when a waiter that cannot queue
+    /// marked it.
+    NobodyQueued {
+        contended: bool,
+    },
+    /// Still ours: the queue is not empty, but the document was passed on
+    /// `HANDOVER_CAP` times and is to be deleted.
+    Capped,
+    NotOurs,
+}
+
+impl LockStore {
+    /// Joins the queue of the lock in the way and returns it; `None` when there is no
+    /// lock, or when it is already ours (handed to us while we were not listening).
+    pub async fn enqueue(&self, key: &LockKey, owner: &str) -> Result<Option<Blocker>> {
+        let found = self
+            .locks
+            .find_one_and_update(
+                doc! { ID: key.to_bson(), OWNER: { "$ne": owner } },
+                doc! { "$addToSet": { QUEUE: owner } },
+            )
+            .projection(doc! { "_id": 1, LEASE_EXPIRES_AT: 1 })
+            .await?;
+        Ok(found.as_ref().map(Blocker::from))
+    }
+
+    /// Confirms a lock that was handed to `owner` while it was not listening, with a
+    /// new lease; `None` when it is not ours.
+    pub async fn claim(&self, key: &LockKey, owner: &str, lease: Duration) -> Result<Option<Held>> {
+        let sent_at = Instant::now();
+        let expiry = self.lease_expiry(Some(lease)).await?;
+        let mut session = self.db.client().start_session().await?;
+        let claimed = self
+            .locks
+            .update_one(
+                doc! { ID: key.to_bson(), OWNER: owner },
+                doc! { "$set": { LEASE_EXPIRES_AT: expiry }, "$pull": { QUEUE: owner } },
+            )
+            .session(&mut session)
+            .await?;
+        if claimed.matched_count == 0 {
+            return Ok(None);
+        }
+        self.held(key, owner, sent_at, &session).await
+    }
+
+    /// The lock the change stream says was handed to `owner`, trusted until the server's
+    /// clock may reach `expires_at`; `None` when too little of that lease is left to
+    /// start on (then `claim` writes a new one).
+    pub async fn handed_over(
+        &self,
+        owner: &str,
+        expires_at: DateTime,
+        fencing_token: u64,
+        lease: Duration,
+    ) -> Result<Option<Held>> {
+        let now = Instant::now();
+        let latest = self.server_now().await?.latest;
+        // Less 1 ms for the rounding of stored dates; our clock may run faster than
+        // the server's by `MAX_DRIFT`.
+        let left = (expires_at.timestamp_millis() - latest - 1).max(0) as u64;
+        let left = Duration::from_millis(left).div_f64(1.0 + MAX_DRIFT);
+        if left < Duration::from_millis(2) {
+            return Ok(None);
+        }
+        Ok((now + left)
+            .checked_sub(trusted(lease))
+            .map(|sent_at| Held {
+                owner: owner.to_owned(),
+                sent_at,
+                fencing_token,
+                queued_behind: true,
+            }))
+    }
+
+    /// Passes our lock to the first waiter of its queue with a lease of `lease`, if
+    /// there is one and the document is not due to be deleted.
+    pub async fn pass_on(&self, key: &LockKey, owner: &str, lease: Duration) -> Result<PassedOn> {
+        let latest = self.server_now().await?.latest;
+        let expiry = DateTime::from_millis(latest + lease.as_millis() as i64);
+        let after = self
+            .locks
+            .find_one_and_update(
+                doc! { ID: key.to_bson(), OWNER: owner },
+                document::hand_over(expiry, HANDOVER_CAP),
+            )
+            .projection(doc! { OWNER: 1, QUEUE: 1, CONTENDED: 1 })
+            .return_document(ReturnDocument::After)
+            .await?;
+        Ok(after.map_or(PassedOn::NotOurs, |d| passed_on(&d, owner)))
+    }
+
+    /// Releases our lock: passes it on to the next waiter in the queue, or deletes it.
+    /// `queued_behind` says which to try first; a wrong guess costs a round trip.
+    pub async fn release(
+        &self,
+        key: &LockKey,
+        owner: &str,
+        lease: Duration,
+        queued_behind: bool,
+    ) -> Result<Released> {
+        if !queued_behind {
+            if let Some(released) = self.delete_unqueued(key, owner).await? {
+                return Ok(released);
+            }
+        }
+        match self.pass_on(key, owner, lease).await? {
+            PassedOn::HandedOver => Ok(Released::HandedOver),
+            PassedOn::NotOurs => Ok(Released::NotOurs),
+            PassedOn::NobodyQueued { .. } | PassedOn::Capped => self.delete_owned(key, owner).await,
+        }
+    }
+
+    /// Deletes our lock if nobody is queued for it.
+    async fn delete_unqueued(&self, key: &LockKey, owner: &str) -> Result<Option<Released>> {
+        let deleted = self
+            .locks
+            .find_one_and_delete(doc! {
+                ID: key.to_bson(), OWNER: owner, format!("{QUEUE}.0"): { "$exists": false },
+            })
+            .projection(doc! { CONTENDED: 1 })
+            .await?;
+        Ok(deleted.map(|d| Released::from_deleted(&d)))
+    }
+
+    /// A waiter that gave up: leaves the queue, and releases the lock if it was handed
+    /// to it in the meantime.
+    pub async fn give_up(&self, key: &LockKey, owner: &str, lease: Duration) -> Result<()> {
+        self.locks
+            .update_one(
+                doc! { ID: key.to_bson(), QUEUE: owner },
+                doc! { "$pull": { QUEUE: owner } },
+            )
+            .await?;
+        self.release(key, owner, lease, true).await?;
+        Ok(())
+    }
+}
+
+/// What `pass_on` did, read from the document after its update: the owner is no
+/// longer us exactly when it handed the lock on.
+fn passed_on(after: &Document, owner: &str) -> PassedOn {
+    if after.get_str(OWNER).is_ok_and(|o| o != owner) {
+        return PassedOn::HandedOver;
+    }
+    match after.get(QUEUE) {
+        Some(Bson::Array(queue)) if !queue.is_empty() => PassedOn::Capped,
+        _ => PassedOn::NobodyQueued {
+            contended: after.get_bool(CONTENDED).unwrap_or(false),
+        },
     }
 }
 

@@ -1,0 +1,52 @@
+//! Helpers of the tests against a real server: `MONGODB_URL` (the test scripts start one).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::Client;
+use mongodb_resource_lock_core::{AcquireOptions, HoldOptions, LockService};
+use tokio_util::sync::CancellationToken;
+
+pub async fn service() -> (Arc<LockService>, Client, String) {
+    let url = std::env::var("MONGODB_URL").expect("MONGODB_URL must point at a test server");
+    let client = Client::with_uri_str(&url).await.unwrap();
+    let db = format!("core_{}", uuid_like());
+    (LockService::new(client.clone(), &db, None), client, db)
+}
+
+/// Another service on the same database with a client of its own: it contends as
+/// another process does (own connection, own local queue, own change stream), so
+/// only the database keeps it and the first service apart.
+pub async fn other_process(db: &str) -> Arc<LockService> {
+    let url = std::env::var("MONGODB_URL").expect("MONGODB_URL must point at a test server");
+    let client = Client::with_uri_str(&url).await.unwrap();
+    LockService::new(client, db, None)
+}
+
+fn uuid_like() -> String {
+    format!("{:x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .elapsed()
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+    );
+    h.finish()
+}
+
+pub fn options(wait_ms: u64, lock_ms: u64) -> AcquireOptions {
+    AcquireOptions {
+        wait_timeout: Duration::from_millis(wait_ms),
+        retry_interval: Duration::from_millis(125),
+        hold: HoldOptions {
+            lock_timeout: Some(Duration::from_millis(lock_ms)),
+            lease: Duration::from_millis(lock_ms),
+        },
+        cancel: CancellationToken::new(),
+    }
+}

@@ -1,0 +1,222 @@
+//! The database's queue of waiting processes, against a real server with change
+//! streams (`MONGODB_URL`; the test scripts start a replica set).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::Collection;
+use mongodb_resource_lock_core::{document, LockError, LockKey, LockService};
+use tokio::sync::Mutex;
+
+mod common;
+use common::{options, other_process, service};
+
+fn locks(client: &mongodb::Client, db: &str) -> Collection<Document> {
+    client.database(db).collection(document::LOCKS_COLLECTION)
+}
+
+/// The tickets queued on the lock of `key`.
+async fn tickets(locks: &Collection<Document>, key: &str) -> usize {
+    let found = locks.find_one(doc! { "id": key }).await.unwrap();
+    found
+        .and_then(|d| d.get_array(document::QUEUE).ok().map(Vec::len))
+        .unwrap_or(0)
+}
+
+/// Waits until `n` tickets are queued on `key`.
+async fn queued(locks: &Collection<Document>, key: &str, n: usize) {
+    for _ in 0..500 {
+        if tickets(locks, key).await == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{n} tickets were never queued on {key}");
+}
+
+/// Holds `key` in each of `services` in turn, recording `(name, document _id, token)`.
+fn contender(
+    name: usize,
+    service: Arc<LockService>,
+    locks: Collection<Document>,
+    order: Arc<Mutex<Vec<(usize, Bson, u128)>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let key = LockKey::Str("queued".into());
+        let guard = service
+            .acquire(&key, &options(30_000, 5_000))
+            .await
+            .unwrap();
+        let held = locks
+            .find_one(doc! { "id": "queued" })
+            .await
+            .unwrap()
+            .unwrap();
+        let id = held.get("_id").unwrap().clone();
+        order.lock().await.push((name, id, guard.fencing_token()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(guard.release().await.unwrap());
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_hands_the_lock_to_the_queued_processes_in_order_of_arrival() {
+    let (service, client, db) = service().await;
+    let locks = locks(&client, &db);
+    let key = LockKey::Str("queued".into());
+    let first = service.acquire(&key, &options(5_000, 5_000)).await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for name in 1..=5 {
+        let other = other_process(&db).await;
+        tasks.push(contender(name, other, locks.clone(), order.clone()));
+        queued(&locks, "queued", name).await;
+    }
+    let first_id = locks
+        .find_one(doc! { "id": "queued" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.release().await.unwrap());
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let order = order.lock().await.clone();
+    let names: Vec<_> = order.iter().map(|(name, ..)| *name).collect();
+    assert_eq!(names, vec![1, 2, 3, 4, 5], "first come, first served");
+    // Each release passed the lock on with one update of the same document: nobody
+    // deleted it, nobody inserted a new one, nobody raced.
+    let first_id = first_id.get("_id").unwrap();
+    assert!(order.iter().all(|(_, id, _)| id == first_id), "{order:?}");
+    assert!(
+        order.windows(2).all(|w| w[1].2 > w[0].2),
+        "tokens: {order:?}"
+    );
+    assert_eq!(locks.count_documents(doc! {}).await.unwrap(), 0);
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiter_that_gives_up_leaves_the_queue() {
+    let (service, client, db) = service().await;
+    let locks = locks(&client, &db);
+    let key = LockKey::Str("queued".into());
+    let held = service.acquire(&key, &options(5_000, 5_000)).await.unwrap();
+    let other = other_process(&db).await;
+    let waited = other.acquire(&key, &options(300, 5_000)).await;
+    assert!(
+        matches!(waited, Err(LockError::WaitTimeout)),
+        "{:?}",
+        waited.err()
+    );
+    queued(&locks, "queued", 0).await;
+    // Released with nobody queued, the lock is deleted, not handed to the leaver.
+    assert!(held.release().await.unwrap());
+    assert_eq!(locks.count_documents(doc! {}).await.unwrap(), 0);
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_handed_to_a_vanished_waiter_is_taken_over_when_its_lease_ends() {
+    let (service, client, db) = service().await;
+    let locks = locks(&client, &db);
+    let key = LockKey::Str("queued".into());
+    let held = service.acquire(&key, &options(5_000, 400)).await.unwrap();
+    // A ticket whose process died while it waited.
+    let ghost = doc! { "$push": { document::QUEUE: "ghost" } };
+    locks
+        .update_one(doc! { "id": "queued" }, ghost)
+        .await
+        .unwrap();
+    let other = other_process(&db).await;
+    let waiter = tokio::spawn(async move {
+        let key = LockKey::Str("queued".into());
+        other
+            .acquire(&key, &options(10_000, 5_000))
+            .await
+            .map(|g| g.fencing_token())
+    });
+    queued(&locks, "queued", 2).await;
+    let released = std::time::Instant::now();
+    assert!(held.release().await.unwrap());
+    let owner = locks
+        .find_one(doc! { "id": "queued" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(owner.get_str(document::OWNER).unwrap(), "ghost");
+    waiter.await.unwrap().unwrap();
+    // The ghost's lease is the releaser's, 400 ms: the waiter gets the lock after it,
+    // not before.
+    assert!(
+        released.elapsed() >= Duration::from_millis(390),
+        "{:?}",
+        released.elapsed()
+    );
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_streak_gives_way_to_a_queued_process() {
+    let (service, client, db) = service().await;
+    let locks = locks(&client, &db);
+    let key = LockKey::Str("queued".into());
+    let first = service.acquire(&key, &options(5_000, 5_000)).await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (service, locks, order) = (service.clone(), locks.clone(), order.clone());
+        tasks.push(contender(0, service, locks, order));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let other = other_process(&db).await;
+    tasks.push(contender(1, other, locks.clone(), order.clone()));
+    queued(&locks, "queued", 1).await;
+    assert!(first.release().await.unwrap());
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let order = order.lock().await.clone();
+    let other_turn = order.iter().position(|(name, ..)| *name == 1).unwrap();
+    // Holder 0 and at most 8 local hand-overs, then the other process's turn.
+    assert!(
+        other_turn <= 8,
+        "the other process came {other_turn}th: {order:?}"
+    );
+    assert!(
+        order.windows(2).all(|w| w[1].2 > w[0].2),
+        "tokens: {order:?}"
+    );
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_taking_turns_always_release_their_own_lock() {
+    let (_, client, db) = service().await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let service = other_process(&db).await;
+        tasks.push(tokio::spawn(async move {
+            let key = LockKey::Str("alternating".into());
+            let mut turns = 0;
+            while tokio::time::Instant::now() < until {
+                let guard = service
+                    .acquire(&key, &options(10_000, 5_000))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                // A release that misreads its own hand-over as "nobody queued" and
+                // then deletes finds the lock gone: `false`.
+                assert!(guard.release().await.unwrap(), "after {turns} turns");
+                turns += 1;
+            }
+            turns
+        }));
+    }
+    for task in tasks {
+        assert!(task.await.unwrap() > 0);
+    }
+    client.database(&db).drop().await.unwrap();
+}
