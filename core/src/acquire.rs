@@ -177,13 +177,19 @@ impl Wait<'_> {
             .await
     }
 
-    /// The lock the change stream says is now ours; confirmed with a write when too
-    /// little of the lease it was handed with is left.
+    /// The lock the change stream says is now ours; confirmed with a write when the
+    /// event does not tell its lease, or too little of it is left.
     async fn handed_over(&self, handed: HandOver, owner: &str) -> Result<Option<Held>> {
-        let (expiry, token) = (handed.lease_expires_at, handed.fencing_token);
-        let lease = self.options.hold.lease;
-        let store = &self.shared.store;
-        match store.handed_over(owner, expiry, token, lease).await? {
+        let Some(expiry) = handed.lease_expires_at else {
+            return self.claim(owner).await;
+        };
+        let (token, lease) = (handed.fencing_token, self.options.hold.lease);
+        match self
+            .shared
+            .store
+            .handed_over(owner, expiry, token, lease)
+            .await?
+        {
             Some(held) => Ok(Some(held)),
             None => self.claim(owner).await,
         }

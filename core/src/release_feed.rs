@@ -46,7 +46,9 @@ enum Change {
 pub struct HandOver {
     doc_id: Bson,
     pub owner: String,
-    pub lease_expires_at: DateTime,
+    /// Absent when the update left it as it was (the releaser's lease ended in the
+    /// same millisecond): the event then does not say it.
+    pub lease_expires_at: Option<DateTime>,
     /// The cluster time of the write that passed it on: the new holder's fencing token.
     pub fencing_token: u64,
 }
@@ -235,7 +237,46 @@ fn change(event: ChangeStreamEvent<Document>) -> Option<Change> {
     Some(Change::HandedOver(HandOver {
         doc_id,
         owner: fields.get_str(OWNER).ok()?.to_owned(),
-        lease_expires_at: *fields.get_datetime(LEASE_EXPIRES_AT).ok()?,
+        lease_expires_at: fields.get_datetime(LEASE_EXPIRES_AT).ok().copied(),
         fencing_token: ((time.time as u64) << 32) | time.increment as u64,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::Timestamp;
+
+    fn update(fields: Document) -> ChangeStreamEvent<Document> {
+        mongodb::bson::from_document(doc! {
+            "_id": { "_data": "1" },
+            "operationType": "update",
+            "clusterTime": Timestamp { time: 7, increment: 3 },
+            "documentKey": { "_id": 1 },
+            "updateDescription": { "updatedFields": fields, "removedFields": [] },
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_hand_over_carries_its_owner_lease_and_cluster_time() {
+        let expiry = DateTime::from_millis(5_000);
+        let event = update(doc! { OWNER: "b", LEASE_EXPIRES_AT: expiry });
+        let Some(Change::HandedOver(handed)) = change(event) else {
+            panic!("not a hand-over");
+        };
+        assert_eq!(handed.owner, "b");
+        assert_eq!(handed.lease_expires_at, Some(expiry));
+        assert_eq!(handed.fencing_token, (7 << 32) | 3);
+    }
+
+    #[test]
+    fn a_hand_over_that_left_the_lease_as_it_was_is_still_a_hand_over() {
+        // The releaser's lease ended in the same millisecond as the new one: the
+        // update did not change the field, so the event does not list it.
+        let Some(Change::HandedOver(handed)) = change(update(doc! { OWNER: "b" })) else {
+            panic!("not a hand-over");
+        };
+        assert_eq!(handed.lease_expires_at, None);
+    }
 }
