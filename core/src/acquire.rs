@@ -54,7 +54,7 @@ pub(crate) async fn acquire(
         let _ = hold.end().await;
         turn.restart_streak();
     }
-    let owner = uuid::Uuid::new_v4().simple().to_string();
+    let owner = shared.feed.new_owner();
     if let Some(until) = turn.yielding_until() {
         wait.interruptible(async {
             tokio::time::sleep_until(until.min(wait.deadline)).await;

@@ -63,6 +63,10 @@ pub enum Wake {
 }
 
 struct Inner {
+    /// Starts every owner id of this feed's waiters (`new_owner`), so that the stream
+    /// brings this process only the hand-overs meant for it: with many processes
+    /// queued on one key, each hand-over wakes one of them, not all.
+    owner_prefix: String,
     released: broadcast::Sender<Change>,
     state: watch::Sender<FeedState>,
     running: Mutex<Running>,
@@ -119,12 +123,22 @@ impl ReleaseFeed {
     pub fn new(stop: CancellationToken) -> Self {
         ReleaseFeed {
             inner: Arc::new(Inner {
+                owner_prefix: format!("{}-", &uuid::Uuid::new_v4().simple().to_string()[..12]),
                 released: broadcast::channel(1024).0,
                 state: watch::channel(FeedState::Starting).0,
                 running: Mutex::new(Running::No),
                 stop,
             }),
         }
+    }
+
+    /// A new owner id for an acquisition by one of this feed's waiters.
+    pub fn new_owner(&self) -> String {
+        format!(
+            "{}{}",
+            self.inner.owner_prefix,
+            uuid::Uuid::new_v4().simple()
+        )
     }
 
     /// Subscribes to releases, opening the stream if it is not open.
@@ -175,12 +189,14 @@ fn stop_if_unused(inner: &Inner) -> bool {
 /// reach (a restart, a failover) is tried again every `REOPEN_DELAY` while anyone waits.
 async fn follow(inner: &Inner, locks: Collection<Document>) {
     loop {
-        let owner_changed = format!("updateDescription.updatedFields.{OWNER}");
+        let new_owner = format!("updateDescription.updatedFields.{OWNER}");
+        // Hex digits and a hyphen: nothing to escape in a regular expression.
+        let ours = format!("^{}", inner.owner_prefix);
         let opened = locks
             .watch()
             .pipeline([doc! { "$match": { "$or": [
                 { "operationType": "delete" },
-                { "operationType": "update", owner_changed: { "$exists": true } },
+                { "operationType": "update", new_owner: { "$regex": ours } },
             ] } }])
             .await;
         let mut stream = match opened {
