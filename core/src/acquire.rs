@@ -16,7 +16,7 @@ use crate::lease::HoldOptions;
 use crate::local_queue::LocalTurn;
 use crate::release_feed::{HandOver, Subscription, Wake};
 use crate::shared::Shared;
-use crate::store::{Blocker, Held};
+use crate::store::{Blocker, Held, AFTER_DELETE};
 
 #[derive(Debug, Clone)]
 pub struct AcquireOptions {
@@ -291,7 +291,8 @@ impl Wait<'_> {
         )
     }
 
-    /// Waits up to `pause` for the blocker to be deleted or handed to us.
+    /// Waits up to `pause` for the blocker to be deleted or handed to us. After a
+    /// deletion it waits `AFTER_DELETE` more (see there).
     async fn wait(
         &self,
         releases: &mut Subscription,
@@ -307,7 +308,11 @@ impl Wait<'_> {
             tokio::select! {
                 wake = releases.wake(&blocker.doc_id, owner) => match wake {
                     Wake::HandedToUs(handed) => Ok(Some(handed)),
-                    Wake::Retry => Ok(None),
+                    Wake::Deleted => {
+                        tokio::time::sleep(AFTER_DELETE).await;
+                        Ok(None)
+                    }
+                    Wake::Missed => Ok(None),
                 },
                 _ = tokio::time::sleep_until(now + pause) => Ok(None),
             }

@@ -30,11 +30,14 @@ pub const CONTENDED: &str = "contended";
 /// The waiting processes' tickets: the owner ids they will hold under, in order of
 /// arrival. A release hands the lock to the first (`store/queue.rs`).
 pub const QUEUE: &str = "queue";
-/// How many times this document was handed from process to process through `QUEUE`.
-pub const HANDOVERS: &str = "handovers";
+/// Until when, on the server's clock, the lock may pass from process to process
+/// through `QUEUE`; after that its next release deletes it, so that processes that
+/// cannot queue get a chance to insert.
+pub const PASSES_UNTIL: &str = "passes_until";
 
-/// A new lock document, as the original writes it plus our fields.
-pub fn new_lock(key: &LockKey, owner: &str, lease_expires_at: Option<DateTime>) -> Document {
+/// A new lock document, as the original writes it plus our fields. Locks without a
+/// lease never pass through a queue.
+pub fn new_lock(key: &LockKey, owner: &str, lease: Option<(DateTime, DateTime)>) -> Document {
     let now = now_millis();
     let mut document = doc! {
         LOCKED_AT: Bson::Double(now as f64),
@@ -42,8 +45,9 @@ pub fn new_lock(key: &LockKey, owner: &str, lease_expires_at: Option<DateTime>) 
         META: { "created_at": millis_timestamp(now), "updated_at": millis_timestamp(now) },
         OWNER: owner,
     };
-    if let Some(expiry) = lease_expires_at {
+    if let Some((expiry, passes_until)) = lease {
         document.insert(LEASE_EXPIRES_AT, expiry);
+        document.insert(PASSES_UNTIL, passes_until);
     }
     document
 }
@@ -64,14 +68,13 @@ pub fn new_owner(owner: &str, lease_expires_at: Option<DateTime>) -> Document {
 }
 
 /// The update pipeline that passes a lock to the first ticket of its queue, if it has
-/// one and has been passed on fewer than `cap` times; else it leaves the document as
-/// it is. One write, whatever the number of tickets.
-pub fn hand_over(lease_expires_at: DateTime, cap: i32) -> Vec<Document> {
+/// one and `now` is before its `PASSES_UNTIL`; else it leaves the document as it is.
+/// One write, whatever the number of tickets.
+pub fn hand_over(lease_expires_at: DateTime, now: DateTime) -> Vec<Document> {
     let queue = format!("${QUEUE}");
-    let handovers = doc! { "$ifNull": [format!("${HANDOVERS}"), 0] };
     let handing = doc! { "$and": [
         { "$gt": [{ "$size": { "$ifNull": [&queue, []] } }, 0] },
-        { "$lt": [handovers.clone(), cap] },
+        { "$gt": [format!("${PASSES_UNTIL}"), now] },
     ] };
     let now = now_millis();
     let either =
@@ -80,7 +83,6 @@ pub fn hand_over(lease_expires_at: DateTime, cap: i32) -> Vec<Document> {
         OWNER: either(doc! { "$arrayElemAt": [&queue, 0] }.into(), OWNER),
         QUEUE: either(doc! { "$slice": [&queue, 1, i32::MAX] }.into(), QUEUE),
         LEASE_EXPIRES_AT: either(lease_expires_at.into(), LEASE_EXPIRES_AT),
-        HANDOVERS: either(doc! { "$add": [handovers, 1] }.into(), HANDOVERS),
         LOCKED_AT: either(Bson::Double(now as f64), LOCKED_AT),
         "_meta_data.updated_at": either(millis_timestamp(now).into(), "_meta_data.updated_at"),
     } }]

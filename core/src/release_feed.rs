@@ -56,8 +56,10 @@ pub struct HandOver {
 /// Why a waiter woke.
 #[derive(Debug)]
 pub enum Wake {
-    /// The document in its way was deleted, or events were lost: try again.
-    Retry,
+    /// The document in its way was deleted: try again.
+    Deleted,
+    /// Events were lost: look again.
+    Missed,
     /// The lock is now the waiter's.
     HandedToUs(HandOver),
 }
@@ -97,12 +99,12 @@ impl Subscription {
         }
         loop {
             match self.released.recv().await {
-                Ok(Change::Deleted(id)) if &id == doc_id => return Wake::Retry,
+                Ok(Change::Deleted(id)) if &id == doc_id => return Wake::Deleted,
                 Ok(Change::HandedOver(h)) if &h.doc_id == doc_id && h.owner == owner => {
                     return Wake::HandedToUs(h)
                 }
                 Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(_)) => return Wake::Retry,
+                Err(broadcast::error::RecvError::Lagged(_)) => return Wake::Missed,
                 Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
             }
         }

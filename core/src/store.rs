@@ -185,11 +185,12 @@ impl LockStore {
         self.ensure_indexes().await?;
         let sent_at = Instant::now();
         let expiry = self.lease_expiry(lease).await?;
+        let passes_until = self.lease_expiry(Some(PASSING)).await?;
         let mut session = self.db.client().start_session().await?;
         let started = Instant::now();
         let inserted = self
             .locks
-            .insert_one(document::new_lock(key, owner, expiry))
+            .insert_one(document::new_lock(key, owner, expiry.zip(passes_until)))
             .session(&mut session)
             .await;
         self.observe_write(started.elapsed());
@@ -317,11 +318,12 @@ impl LockStore {
     }
 
     /// How long a process that just released a contended lock lets others try first:
-    /// about two write round trips (plus 1 ms, at most 50 ms), enough for them to hear
-    /// of the release through the change stream and insert.
+    /// `AFTER_DELETE`, for which queued waiters let processes that cannot queue try,
+    /// and two write round trips more (plus 1 ms, at most 50 ms), enough for the
+    /// queued waiters to insert.
     pub fn yield_window(&self) -> Duration {
         let rtt = Duration::from_micros(self.write_rtt_micros.load(Ordering::Relaxed));
-        (rtt * 2 + Duration::from_millis(1)).min(Duration::from_millis(50))
+        AFTER_DELETE + (rtt * 2 + Duration::from_millis(1)).min(Duration::from_millis(50))
     }
 
     fn observe_write(&self, took: Duration) {
@@ -408,12 +410,18 @@ impl LockStore {
 // waiter wakes: the stream's event carries the new owner, the stored lease and the
 // write's cluster time, which is its fencing token. Nobody races, nobody retries.
 //
-// A document passed on `HANDOVER_CAP` times is deleted at its next release instead,
-// so that processes that cannot queue (the original class, waiters without a change
-// stream) still get their chance to insert.
+// A lock passed on for `PASSING` since it was inserted is deleted at its next release
+// instead, so that processes that cannot queue (the original class, waiters without a
+// change stream) still get their chance to insert (see `acquire.rs`, `AFTER_DELETE`).
 
-/// Hand-overs through the queue before the document is deleted once.
-pub const HANDOVER_CAP: i32 = 16;
+/// How long a lock may pass from process to process before it is deleted once.
+const PASSING: Duration = Duration::from_secs(1);
+
+/// How long waiters that were queued for a lock let others insert after it was
+/// deleted: the original class polls (every 125 ms by default) and can only win a
+/// key that stays free for a moment. Deletions with waiters queued are rare: once per
+/// `PASSING` of continuous hand-overs, or a release by the original class.
+pub const AFTER_DELETE: Duration = Duration::from_millis(20);
 
 /// What `pass_on` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -425,8 +433,8 @@ pub enum PassedOn {
     NobodyQueued {
         contended: bool,
     },
-    /// Still ours: the queue is not empty, but the document was passed on
-    /// `HANDOVER_CAP` times and is to be deleted.
+    /// Still ours: the queue is not empty, but the lock has been passed on for
+    /// `PASSING` and is to be deleted.
     Capped,
     NotOurs,
 }
@@ -500,11 +508,12 @@ impl LockStore {
     pub async fn pass_on(&self, key: &LockKey, owner: &str, lease: Duration) -> Result<PassedOn> {
         let latest = self.server_now().await?.latest;
         let expiry = DateTime::from_millis(latest + lease.as_millis() as i64);
+        let now = DateTime::from_millis(latest);
         let after = self
             .locks
             .find_one_and_update(
                 doc! { ID: key.to_bson(), OWNER: owner },
-                document::hand_over(expiry, HANDOVER_CAP),
+                document::hand_over(expiry, now),
             )
             .projection(doc! { OWNER: 1, QUEUE: 1, CONTENDED: 1 })
             .return_document(ReturnDocument::After)
@@ -529,7 +538,12 @@ impl LockStore {
         match self.pass_on(key, owner, lease).await? {
             PassedOn::HandedOver => Ok(Released::HandedOver),
             PassedOn::NotOurs => Ok(Released::NotOurs),
-            PassedOn::NobodyQueued { .. } | PassedOn::Capped => self.delete_owned(key, owner).await,
+            PassedOn::NobodyQueued { .. } => self.delete_owned(key, owner).await,
+            // Others are queued: they are to go first.
+            PassedOn::Capped => Ok(match self.delete_owned(key, owner).await? {
+                Released::NotOurs => Released::NotOurs,
+                _ => Released::Contended,
+            }),
         }
     }
 

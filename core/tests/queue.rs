@@ -220,3 +220,31 @@ async fn two_processes_taking_turns_always_release_their_own_lock() {
     }
     client.database(&db).drop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_passed_on_for_long_is_deleted_once_so_others_can_insert() {
+    let (service, client, db) = service().await;
+    let locks = locks(&client, &db);
+    let key = LockKey::Str("queued".into());
+    let held = service.acquire(&key, &options(5_000, 5_000)).await.unwrap();
+    let expired =
+        doc! { "$set": { document::PASSES_UNTIL: mongodb::bson::DateTime::from_millis(0) } };
+    locks
+        .update_one(doc! { "id": "queued" }, expired)
+        .await
+        .unwrap();
+    let first = locks
+        .find_one(doc! { "id": "queued" })
+        .await
+        .unwrap()
+        .unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let task = contender(1, other_process(&db).await, locks.clone(), order.clone());
+    queued(&locks, "queued", 1).await;
+    assert!(held.release().await.unwrap());
+    task.await.unwrap();
+    // Deleted despite the queue; the waiter then inserted a new document.
+    let (_, id, _) = order.lock().await[0].clone();
+    assert_ne!(&id, first.get("_id").unwrap());
+    client.database(&db).drop().await.unwrap();
+}
