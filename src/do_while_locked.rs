@@ -1,18 +1,22 @@
 //! `doWhileLocked(resourceIds, callback, options?)`: wait for the lock, run the
 //! callback while holding it, release it; all timing in Rust on tokio.
 
-use lock_core::{ids_to_string, AcquireOptions, HoldOptions, LockError};
+use std::sync::Arc;
+
+use lock_core::{ids_to_string, AcquireOptions, HoldOptions, LockError, LockGuard};
 use napi::bindgen_prelude::{FromNapiValue, Function, FunctionCallContext, PromiseRaw};
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{Env, JsValue, Status, Unknown, ValueType};
 use napi_derive::napi;
+use tokio_util::sync::CancellationToken;
 
-use crate::abort_signal::{self, Followed, Unfollow};
+use crate::abort_signal::{self, Unfollow};
+use crate::acquire::{split, unfollow_on, Asked};
 use crate::async_context::CallerContext;
 use crate::connection::Connection;
 use crate::lock_context::{ContextSignal, LockContext};
 use crate::options;
-use crate::promise::{self, Failure};
+use crate::promise::{self, Failure, Polled};
 use crate::resource_ids::{self, describe, ResourceIds};
 use crate::resource_lock::ResourceLock;
 use crate::retained_value::RetainedValue;
@@ -23,11 +27,11 @@ use crate::returned::Returned;
 /// until it ends.
 type Callback = ThreadsafeFunction<LockContext, Returned, LockContext, Status, false>;
 
-struct Prepared {
+/// The lock, taken: what the rest of the call needs.
+struct Acquired {
     ids: ResourceIds,
-    callback: Callback,
-    acquire: AcquireOptions,
-    followed: Followed,
+    guard: LockGuard,
+    cancel: CancellationToken,
 }
 
 #[napi]
@@ -50,31 +54,38 @@ impl ResourceLock {
         callback: Unknown<'env>,
         options: Option<Unknown<'env>>,
     ) -> napi::Result<PromiseRaw<'env, RetainedValue>> {
-        let (prepared, unfollow) = match prepare(env, resource_ids, callback, options) {
-            Ok((prepared, unfollow)) => (Ok(prepared), unfollow),
-            Err(e) => (Err(e), None),
+        let (asked, unfollow) = split(prepare(env, resource_ids, callback, options));
+        let acquiring = Polled::first(acquire(self.connection.clone(), asked));
+        // A call that failed at once (bad arguments, a closed instance) never calls
+        // back: the callback's threadsafe function and async context are made only
+        // for calls that may.
+        let work = match acquiring {
+            Polled::Ready(Err(failure)) => Polled::Ready(Err(failure)),
+            acquiring => {
+                let callback = threadsafe(env, callback);
+                Polled::Pending(Box::pin(async move {
+                    let callback = callback?;
+                    hold(acquiring.outcome().await?, callback).await
+                }))
+            }
         };
-        let connection = self.connection.clone();
-        promise::settle(
+        promise::settle_polled(
             env,
             &self.connection,
-            async move { hold(connection, prepared?).await },
+            work,
             |_, value| Ok(value),
-            move |env| {
-                if let Some(unfollow) = unfollow {
-                    unfollow.call(env);
-                }
-            },
+            move |env| unfollow_on(env, unfollow),
         )
     }
 }
 
+/// Checks the arguments, in the original's order, and follows the caller's signal.
 fn prepare(
     env: &Env,
     resource_ids: Unknown<'_>,
     callback: Unknown<'_>,
     options: Option<Unknown<'_>>,
-) -> Result<(Prepared, Option<Unfollow>), LockError> {
+) -> Result<(Asked, Option<Unfollow>), LockError> {
     let ids = resource_ids::parse(resource_ids)?;
     if callback.get_type().ok() != Some(ValueType::Function) {
         return Err(LockError::type_error(format!(
@@ -84,24 +95,49 @@ fn prepare(
     }
     let hold = options::hold_options(options)?;
     let (followed, unfollow) = abort_signal::follow(env, hold.signal.as_ref())?;
-    let callback = gated(env, callback)
-        .and_then(|gate| gate.build_threadsafe_function::<LockContext>().build())
-        .map_err(|_| LockError::type_error("callback must be a function"))?;
-    let prepared = Prepared {
-        ids,
-        callback,
-        acquire: AcquireOptions {
-            wait_timeout: hold.wait_timeout,
-            retry_interval: hold.retry_interval,
-            hold: HoldOptions {
-                lock_timeout: hold.lock_timeout,
-                lease: hold.lease,
-            },
-            cancel: followed.cancel.clone(),
+    let acquire = AcquireOptions {
+        wait_timeout: hold.wait_timeout,
+        retry_interval: hold.retry_interval,
+        hold: HoldOptions {
+            lock_timeout: hold.lock_timeout,
+            lease: hold.lease,
         },
+        cancel: followed.cancel.clone(),
+    };
+    let asked = Asked {
+        ids,
+        acquire,
         followed,
     };
-    Ok((prepared, unfollow))
+    Ok((asked, unfollow))
+}
+
+async fn acquire(
+    connection: Arc<Connection>,
+    asked: Result<Asked, LockError>,
+) -> Result<Acquired, Failure> {
+    let Asked {
+        ids,
+        acquire,
+        followed,
+    } = asked?;
+    let service = connection.service().await?;
+    let guard = connection
+        .unless_refused(service.acquire(&ids.key, &acquire))
+        .await
+        .map_err(|e| followed.failure(e))?;
+    Ok(Acquired {
+        ids,
+        guard,
+        cancel: acquire.cancel,
+    })
+}
+
+/// The gated callback, callable from tokio.
+fn threadsafe(env: &Env, callback: Unknown<'_>) -> Result<Callback, LockError> {
+    gated(env, callback)
+        .and_then(|gate| gate.build_threadsafe_function::<LockContext>().build())
+        .map_err(|_| LockError::type_error("callback must be a function"))
 }
 
 /// The callback behind a gate that calls it only with a context: the context is built
@@ -131,22 +167,12 @@ fn gated<'env>(
     unsafe { Function::from_napi_value(env.raw(), gate.raw()) }
 }
 
-async fn hold(
-    connection: std::sync::Arc<Connection>,
-    prepared: Prepared,
-) -> Result<RetainedValue, Failure> {
-    let Prepared {
+async fn hold(acquired: Acquired, callback: Callback) -> Result<RetainedValue, Failure> {
+    let Acquired {
         mut ids,
-        callback,
-        acquire,
-        followed,
-    } = prepared;
-    let service = connection.service().await?;
-    let guard = connection
-        .unless_refused(service.acquire(&ids.key, &acquire))
-        .await
-        .map_err(|e| followed.failure(e))?;
-
+        guard,
+        cancel,
+    } = acquired;
     let signal = ContextSignal::new();
     let gate = guard.gate();
     let context = LockContext {
@@ -169,7 +195,7 @@ async fn hold(
             biased;
             result = &mut outcome => break Ok(result),
             why = guard.lost() => break Err(why),
-            _ = acquire.cancel.cancelled(), if !caller_aborted => {
+            _ = cancel.cancelled(), if !caller_aborted => {
                 caller_aborted = true;
                 signal.abort(LockError::Aborted);
             }

@@ -12,6 +12,7 @@ mod do_while_locked;
 mod error_classes;
 mod errors;
 mod holder;
+mod js_thread;
 mod lock;
 mod lock_context;
 mod lock_handle;
