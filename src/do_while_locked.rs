@@ -4,15 +4,14 @@
 use std::sync::Arc;
 
 use lock_core::{ids_to_string, AcquireOptions, HoldOptions, LockError, LockGuard};
-use napi::bindgen_prelude::{FromNapiValue, Function, FunctionCallContext, PromiseRaw};
-use napi::threadsafe_function::ThreadsafeFunction;
-use napi::{Env, JsValue, Status, Unknown, ValueType};
+use napi::bindgen_prelude::PromiseRaw;
+use napi::{Env, Unknown, ValueType};
 use napi_derive::napi;
 use tokio_util::sync::CancellationToken;
 
 use crate::abort_signal::{self, Unfollow};
 use crate::acquire::{split, unfollow_on, Asked};
-use crate::async_context::CallerContext;
+use crate::callback::Callback;
 use crate::connection::Connection;
 use crate::lock_context::{ContextSignal, LockContext};
 use crate::options;
@@ -21,11 +20,6 @@ use crate::resource_ids::{self, describe, ResourceIds};
 use crate::resource_lock::ResourceLock;
 use crate::retained_value::RetainedValue;
 use crate::returned::Returned;
-
-/// The caller's callback behind its gate (`gated`), callable from tokio. Not weak:
-/// like the original's timers, a wait or a hold in progress keeps the process alive
-/// until it ends.
-type Callback = ThreadsafeFunction<LockContext, Returned, LockContext, Status, false>;
 
 /// The lock, taken: what the rest of the call needs.
 struct Acquired {
@@ -57,12 +51,13 @@ impl ResourceLock {
         let (asked, unfollow) = split(prepare(env, resource_ids, callback, options));
         let acquiring = Polled::first(acquire(self.connection.clone(), asked));
         // A call that failed at once (bad arguments, a closed instance) never calls
-        // back: the callback's threadsafe function and async context are made only
+        // back: the callback's reference and async context are made only
         // for calls that may.
         let work = match acquiring {
             Polled::Ready(Err(failure)) => Polled::Ready(Err(failure)),
             acquiring => {
-                let callback = threadsafe(env, callback);
+                let callback = Callback::new(env, callback)
+                    .map_err(|_| LockError::type_error("callback must be a function"));
                 Polled::Pending(Box::pin(async move {
                     let callback = callback?;
                     hold(acquiring.outcome().await?, callback).await
@@ -133,40 +128,6 @@ async fn acquire(
     })
 }
 
-/// The gated callback, callable from tokio.
-fn threadsafe(env: &Env, callback: Unknown<'_>) -> Result<Callback, LockError> {
-    gated(env, callback)
-        .and_then(|gate| gate.build_threadsafe_function::<LockContext>().build())
-        .map_err(|_| LockError::type_error("callback must be a function"))
-}
-
-/// The callback behind a gate that calls it only with a context: the context is built
-/// on the JavaScript thread just before the call, and is `undefined` when the lock was
-/// lost before the callback could start (`LockContext`), so the callback never starts
-/// without the lock. Called in the caller's async context (`async_context.rs`), so that
-/// `AsyncLocalStorage` sees inside it what it saw where `doWhileLocked` was called.
-fn gated<'env>(
-    env: &'env Env,
-    callback: Unknown<'env>,
-) -> napi::Result<Function<'env, LockContext, Returned>> {
-    let callback: Function<Unknown, Unknown> = unsafe { callback.cast() }?;
-    let callback = callback.create_ref()?;
-    let caller = CallerContext::capture(env)?;
-    let gate = env.create_function_from_closure::<Unknown, Unknown, _>(
-        "doWhileLockedCallback",
-        move |ctx: FunctionCallContext| {
-            let context: Unknown = ctx.get(0)?;
-            if context.get_type()? == ValueType::Undefined {
-                return Ok(context);
-            }
-            let callback = callback.borrow_back(ctx.env)?;
-            let returned = caller.call(ctx.env, callback.raw(), context)?;
-            Ok(unsafe { Unknown::from_raw_unchecked(ctx.env.raw(), returned) })
-        },
-    )?;
-    unsafe { Function::from_napi_value(env.raw(), gate.raw()) }
-}
-
 async fn hold(acquired: Acquired, callback: Callback) -> Result<RetainedValue, Failure> {
     let Acquired {
         mut ids,
@@ -182,7 +143,7 @@ async fn hold(acquired: Acquired, callback: Callback) -> Result<RetainedValue, F
         gate: gate.clone(),
     };
     let outcome = async {
-        match callback.call_async_catch(context).await? {
+        match callback.call(context).await? {
             Returned::Settles(promise) => promise.await,
             Returned::Value(value) => Ok(value),
         }
@@ -202,7 +163,7 @@ async fn hold(acquired: Acquired, callback: Callback) -> Result<RetainedValue, F
         }
     };
     let ended = match ended {
-        // Lost before the callback could start: it was not called (`gated`).
+        // Lost before the callback could start: it was not called (`callback.rs`).
         Ok(_) if !gate.entered() => Err(guard.lost().await),
         ended => ended,
     };

@@ -136,6 +136,23 @@ impl JsThread {
     }
 }
 
+/// A value used on the JavaScript thread only, carried through tokio untouched.
+pub struct OnJsThread<T>(T);
+
+// Never touched off the JavaScript thread: moved to tokio and back unread.
+unsafe impl<T> Send for OnJsThread<T> {}
+
+impl<T> OnJsThread<T> {
+    pub fn new(value: T) -> Self {
+        OnJsThread(value)
+    }
+
+    /// On the JavaScript thread only.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Option<Raw>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())

@@ -6,6 +6,7 @@
 mod abort_signal;
 mod acquire;
 mod async_context;
+mod callback;
 mod close;
 mod connection;
 mod do_while_locked;

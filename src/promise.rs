@@ -21,7 +21,7 @@ use napi::{check_status, sys, Env, Status};
 
 use crate::connection::Connection;
 use crate::errors;
-use crate::js_thread::JsThread;
+use crate::js_thread::{JsThread, OnJsThread};
 
 /// A failure of an operation: ours, or exactly what the caller's callback threw.
 pub enum Failure {
@@ -116,7 +116,7 @@ where
         Polled::Pending(work) => {
             let thread = JsThread::current(env)?;
             thread.busy(env);
-            let settlement = OnJsThread(settlement);
+            let settlement = OnJsThread::new(settlement);
             napi::bindgen_prelude::spawn(async move {
                 let outcome = CatchUnwind(work).await;
                 thread.clone().run(move |env| {
@@ -190,18 +190,6 @@ unsafe fn reject_plainly(env: &Env, deferred: sys::napi_deferred) -> sys::napi_s
         );
         sys::napi_create_error(env.raw(), ptr::null_mut(), message, &mut error);
         sys::napi_reject_deferred(env.raw(), deferred, error)
-    }
-}
-
-/// A value used on the JavaScript thread only, carried through tokio untouched.
-struct OnJsThread<T>(T);
-
-// Never touched off the JavaScript thread: moved to tokio and back unread.
-unsafe impl<T> Send for OnJsThread<T> {}
-
-impl<T> OnJsThread<T> {
-    fn into_inner(self) -> T {
-        self.0
     }
 }
 
