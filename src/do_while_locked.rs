@@ -51,8 +51,8 @@ impl ResourceLock {
         let (asked, unfollow) = split(prepare(env, resource_ids, callback, options));
         let acquiring = Polled::first(acquire(self.connection.clone(), asked));
         // A call that failed at once (bad arguments, a closed instance) never calls
-        // back: the callback's reference and async context are made only
-        // for calls that may.
+        // back: the callback's reference and async context are made only for calls
+        // that may.
         let work = match acquiring {
             Polled::Ready(Err(failure)) => Polled::Ready(Err(failure)),
             acquiring => {

@@ -13,7 +13,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use napi::{check_status, sys, Env};
+use napi::bindgen_prelude::{JsObjectValue, Object};
+use napi::{check_status, sys, Env, JsValue};
 
 type Job = Box<dyn FnOnce(&Env) + Send>;
 
@@ -58,6 +59,7 @@ impl JsThread {
 
     fn create(env: &Env) -> napi::Result<JsThread> {
         let shared = Arc::new(Shared(Mutex::new(None)));
+        let resource = async_resource(env)?;
         let finalize_data = Weak::into_raw(Arc::downgrade(&shared)) as *mut c_void;
         let mut name = ptr::null_mut();
         let mut raw = ptr::null_mut();
@@ -71,7 +73,7 @@ impl JsThread {
             let created = check_status!(sys::napi_create_threadsafe_function(
                 env.raw(),
                 ptr::null_mut(),
-                ptr::null_mut(),
+                resource.raw(),
                 name,
                 0,
                 1,
@@ -151,6 +153,17 @@ impl<T> OnJsThread<T> {
     pub fn into_inner(self) -> T {
         self.0
     }
+}
+
+/// The threadsafe function's async resource, whose `hasRef()` says whether it keeps
+/// the process alive, as a libuv handle's does: tools that list what keeps a process
+/// alive (jest's `--detectOpenHandles`) take a resource without it as always open.
+fn async_resource(env: &Env) -> napi::Result<Object<'_>> {
+    let has_ref =
+        env.create_function_from_closure::<(), bool, _>("hasRef", |_| Ok(IN_FLIGHT.get() > 0))?;
+    let mut resource = Object::new(env)?;
+    resource.set_named_property("hasRef", has_ref)?;
+    Ok(resource)
 }
 
 impl Shared {
