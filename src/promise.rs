@@ -120,7 +120,8 @@ where
             napi::bindgen_prelude::spawn(async move {
                 let outcome = CatchUnwind(work).await;
                 thread.clone().run(move |env| {
-                    // Only the JavaScript thread's `Env` outlives nothing it hands out.
+                    // `convert` was typed for the caller's `Env`: this is the same
+                    // environment, and what it makes goes to the promise right here.
                     let env: &'env Env = unsafe { std::mem::transmute::<&Env, &'env Env>(env) };
                     settlement.into_inner().settle(env, outcome);
                     thread.idle(env);
