@@ -73,8 +73,8 @@ impl CallerContext {
 }
 
 impl Drop for CallerContext {
-    /// Dropped with the gate function that owns it, by its finalizer, on the
-    /// JavaScript thread.
+    /// Dropped with the callback that owns it, on the JavaScript thread
+    /// (`callback.rs`).
     fn drop(&mut self) {
         unsafe {
             sys::napi_async_destroy(self.env, self.raw);

@@ -1,33 +1,31 @@
 //! `doWhileLocked(resourceIds, callback, options?)`: wait for the lock, run the
 //! callback while holding it, release it; all timing in Rust on tokio.
 
-use lock_core::{ids_to_string, AcquireOptions, HoldOptions, LockError};
-use napi::bindgen_prelude::{FromNapiValue, Function, FunctionCallContext, PromiseRaw};
-use napi::threadsafe_function::ThreadsafeFunction;
-use napi::{Env, JsValue, Status, Unknown, ValueType};
-use napi_derive::napi;
+use std::sync::Arc;
 
-use crate::abort_signal::{self, Followed, Unfollow};
-use crate::async_context::CallerContext;
+use lock_core::{ids_to_string, AcquireOptions, HoldOptions, LockError, LockGuard};
+use napi::bindgen_prelude::PromiseRaw;
+use napi::{Env, Unknown, ValueType};
+use napi_derive::napi;
+use tokio_util::sync::CancellationToken;
+
+use crate::abort_signal::{self, Unfollow};
+use crate::acquire::{split, unfollow_on, Asked};
+use crate::callback::Callback;
 use crate::connection::Connection;
 use crate::lock_context::{ContextSignal, LockContext};
 use crate::options;
-use crate::promise::{self, Failure};
+use crate::promise::{self, Failure, Polled};
 use crate::resource_ids::{self, describe, ResourceIds};
 use crate::resource_lock::ResourceLock;
 use crate::retained_value::RetainedValue;
 use crate::returned::Returned;
 
-/// The caller's callback behind its gate (`gated`), callable from tokio. Not weak:
-/// like the original's timers, a wait or a hold in progress keeps the process alive
-/// until it ends.
-type Callback = ThreadsafeFunction<LockContext, Returned, LockContext, Status, false>;
-
-struct Prepared {
+/// The lock, taken: what the rest of the call needs.
+struct Acquired {
     ids: ResourceIds,
-    callback: Callback,
-    acquire: AcquireOptions,
-    followed: Followed,
+    guard: LockGuard,
+    cancel: CancellationToken,
 }
 
 #[napi]
@@ -50,31 +48,39 @@ impl ResourceLock {
         callback: Unknown<'env>,
         options: Option<Unknown<'env>>,
     ) -> napi::Result<PromiseRaw<'env, RetainedValue>> {
-        let (prepared, unfollow) = match prepare(env, resource_ids, callback, options) {
-            Ok((prepared, unfollow)) => (Ok(prepared), unfollow),
-            Err(e) => (Err(e), None),
+        let (asked, unfollow) = split(prepare(env, resource_ids, callback, options));
+        let acquiring = Polled::first(acquire(self.connection.clone(), asked));
+        // A call that failed at once (bad arguments, a closed instance) never calls
+        // back: the callback's reference and async context are made only for calls
+        // that may.
+        let work = match acquiring {
+            Polled::Ready(Err(failure)) => Polled::Ready(Err(failure)),
+            acquiring => {
+                let callback = Callback::new(env, callback)
+                    .map_err(|_| LockError::type_error("callback must be a function"));
+                Polled::Pending(Box::pin(async move {
+                    let callback = callback?;
+                    hold(acquiring.outcome().await?, callback).await
+                }))
+            }
         };
-        let connection = self.connection.clone();
-        promise::settle(
+        promise::settle_polled(
             env,
             &self.connection,
-            async move { hold(connection, prepared?).await },
+            work,
             |_, value| Ok(value),
-            move |env| {
-                if let Some(unfollow) = unfollow {
-                    unfollow.call(env);
-                }
-            },
+            move |env| unfollow_on(env, unfollow),
         )
     }
 }
 
+/// Checks the arguments, in the original's order, and follows the caller's signal.
 fn prepare(
     env: &Env,
     resource_ids: Unknown<'_>,
     callback: Unknown<'_>,
     options: Option<Unknown<'_>>,
-) -> Result<(Prepared, Option<Unfollow>), LockError> {
+) -> Result<(Asked, Option<Unfollow>), LockError> {
     let ids = resource_ids::parse(resource_ids)?;
     if callback.get_type().ok() != Some(ValueType::Function) {
         return Err(LockError::type_error(format!(
@@ -84,69 +90,50 @@ fn prepare(
     }
     let hold = options::hold_options(options)?;
     let (followed, unfollow) = abort_signal::follow(env, hold.signal.as_ref())?;
-    let callback = gated(env, callback)
-        .and_then(|gate| gate.build_threadsafe_function::<LockContext>().build())
-        .map_err(|_| LockError::type_error("callback must be a function"))?;
-    let prepared = Prepared {
-        ids,
-        callback,
-        acquire: AcquireOptions {
-            wait_timeout: hold.wait_timeout,
-            retry_interval: hold.retry_interval,
-            hold: HoldOptions {
-                lock_timeout: hold.lock_timeout,
-                lease: hold.lease,
-            },
-            cancel: followed.cancel.clone(),
+    let acquire = AcquireOptions {
+        wait_timeout: hold.wait_timeout,
+        retry_interval: hold.retry_interval,
+        hold: HoldOptions {
+            lock_timeout: hold.lock_timeout,
+            lease: hold.lease,
         },
-        followed,
+        cancel: followed.cancel.clone(),
     };
-    Ok((prepared, unfollow))
-}
-
-/// The callback behind a gate that calls it only with a context: the context is built
-/// on the JavaScript thread just before the call, and is `undefined` when the lock was
-/// lost before the callback could start (`LockContext`), so the callback never starts
-/// without the lock. Called in the caller's async context (`async_context.rs`), so that
-/// `AsyncLocalStorage` sees inside it what it saw where `doWhileLocked` was called.
-fn gated<'env>(
-    env: &'env Env,
-    callback: Unknown<'env>,
-) -> napi::Result<Function<'env, LockContext, Returned>> {
-    let callback: Function<Unknown, Unknown> = unsafe { callback.cast() }?;
-    let callback = callback.create_ref()?;
-    let caller = CallerContext::capture(env)?;
-    let gate = env.create_function_from_closure::<Unknown, Unknown, _>(
-        "doWhileLockedCallback",
-        move |ctx: FunctionCallContext| {
-            let context: Unknown = ctx.get(0)?;
-            if context.get_type()? == ValueType::Undefined {
-                return Ok(context);
-            }
-            let callback = callback.borrow_back(ctx.env)?;
-            let returned = caller.call(ctx.env, callback.raw(), context)?;
-            Ok(unsafe { Unknown::from_raw_unchecked(ctx.env.raw(), returned) })
-        },
-    )?;
-    unsafe { Function::from_napi_value(env.raw(), gate.raw()) }
-}
-
-async fn hold(
-    connection: std::sync::Arc<Connection>,
-    prepared: Prepared,
-) -> Result<RetainedValue, Failure> {
-    let Prepared {
-        mut ids,
-        callback,
+    let asked = Asked {
+        ids,
         acquire,
         followed,
-    } = prepared;
+    };
+    Ok((asked, unfollow))
+}
+
+async fn acquire(
+    connection: Arc<Connection>,
+    asked: Result<Asked, LockError>,
+) -> Result<Acquired, Failure> {
+    let Asked {
+        ids,
+        acquire,
+        followed,
+    } = asked?;
     let service = connection.service().await?;
     let guard = connection
         .unless_refused(service.acquire(&ids.key, &acquire))
         .await
         .map_err(|e| followed.failure(e))?;
+    Ok(Acquired {
+        ids,
+        guard,
+        cancel: acquire.cancel,
+    })
+}
 
+async fn hold(acquired: Acquired, callback: Callback) -> Result<RetainedValue, Failure> {
+    let Acquired {
+        mut ids,
+        guard,
+        cancel,
+    } = acquired;
     let signal = ContextSignal::new();
     let gate = guard.gate();
     let context = LockContext {
@@ -156,7 +143,7 @@ async fn hold(
         gate: gate.clone(),
     };
     let outcome = async {
-        match callback.call_async_catch(context).await? {
+        match callback.call(context).await? {
             Returned::Settles(promise) => promise.await,
             Returned::Value(value) => Ok(value),
         }
@@ -169,14 +156,14 @@ async fn hold(
             biased;
             result = &mut outcome => break Ok(result),
             why = guard.lost() => break Err(why),
-            _ = acquire.cancel.cancelled(), if !caller_aborted => {
+            _ = cancel.cancelled(), if !caller_aborted => {
                 caller_aborted = true;
                 signal.abort(LockError::Aborted);
             }
         }
     };
     let ended = match ended {
-        // Lost before the callback could start: it was not called (`gated`).
+        // Lost before the callback could start: it was not called (`callback.rs`).
         Ok(_) if !gate.entered() => Err(guard.lost().await),
         ended => ended,
     };

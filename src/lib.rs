@@ -6,12 +6,14 @@
 mod abort_signal;
 mod acquire;
 mod async_context;
+mod callback;
 mod close;
 mod connection;
 mod do_while_locked;
 mod error_classes;
 mod errors;
 mod holder;
+mod js_thread;
 mod lock;
 mod lock_context;
 mod lock_handle;

@@ -4,7 +4,7 @@
 //! `AbortController` whose `abort` is handed back to Rust as a weak threadsafe
 //! function, so the hold can abort it from any thread without keeping Node alive.
 //! A lock lost before the context was built gives no context at all: the callback is
-//! then not called (`do_while_locked::gated`). Building the context is the moment the
+//! then not called (`callback.rs`). Building the context is the moment the
 //! callback starts, so it also starts the `lockTimeout` clock (`WorkGate::enter`).
 
 use std::sync::{Arc, Mutex};
