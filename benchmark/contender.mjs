@@ -2,17 +2,18 @@
 // 1 ms critical section; prints "ready" once connected, starts when a deadline (epoch
 // ms) arrives on stdin, runs until then, and prints their turns and waits as JSON.
 // argv: <impl> <databaseName> <callers>
-import { createRequire } from 'node:module'
-import { ResourceLock as OriginalLock } from '@discue/mongodb-resource-client'
 import { MongoClient } from 'mongodb'
 import { contendOnOneKey } from './one-key.mjs'
 
-const require = createRequire(import.meta.url)
 const [impl, databaseName, callers] = process.argv.slice(2)
 const url = process.env.MONGODB_URL
-const lock = impl === 'original'
-  ? new OriginalLock({ client: new MongoClient(url), databaseName })
-  : new (require('../index.js').ResourceLock)({ client: new MongoClient(url), databaseName })
+// Only the measured implementation is loaded: importing the original also starts the
+// OpenTelemetry SDK of its tracing dependency, which would then record this package's
+// spans too, a cost an application that switched would not have.
+const { ResourceLock } = impl === 'original'
+  ? await import('@discue/mongodb-resource-client')
+  : await import('../index.js')
+const lock = new ResourceLock({ client: new MongoClient(url), databaseName })
 await lock.doWhileLocked([`warm-${process.pid}`], () => {})
 process.stdout.write('ready\n')
 const until = Number(String(await new Promise((resolve) => process.stdin.once('data', resolve))))
