@@ -16,7 +16,7 @@ use crate::lease::HoldOptions;
 use crate::local_queue::LocalTurn;
 use crate::release_feed::{HandOver, Subscription, Wake};
 use crate::shared::Shared;
-use crate::store::{Blocker, Held, AFTER_DELETE};
+use crate::store::{Blocker, Held, Queued, AFTER_DELETE};
 
 #[derive(Debug, Clone)]
 pub struct AcquireOptions {
@@ -123,13 +123,15 @@ impl Wait<'_> {
         waited
     }
 
-    /// Runs a write that may take the lock. If the wait ends while it is in flight
-    /// (abort, `close()`, `waitTimeout`), the call ends at once and the write finishes
-    /// in the background, where the lock it took is deleted again.
-    async fn acquiring_write(
+    /// Runs a write by `owner` that may take the lock or queue for it. If the wait
+    /// ends while it is in flight (abort, `close()`, `waitTimeout`), the call ends at
+    /// once and the write finishes in the background, after which the waiter leaves
+    /// the queue and the lock it took is released again.
+    async fn acquiring_write<T: Send + 'static>(
         &self,
-        write: impl Future<Output = Result<Option<Held>>> + Send + 'static,
-    ) -> Result<Option<Held>> {
+        owner: &str,
+        write: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
         let mut task = tokio::spawn(write);
         let joined = self
             .interruptible(async {
@@ -139,12 +141,11 @@ impl Wait<'_> {
             })
             .await;
         if let Err(LockError::Aborted | LockError::Closed | LockError::WaitTimeout) = &joined {
-            let (shared, key) = (self.shared.clone(), self.key.clone());
+            let (shared, key, owner) = (self.shared.clone(), self.key.clone(), owner.to_owned());
             let lease = self.options.hold.lease;
             tokio::spawn(async move {
-                if let Ok(Ok(Some(held))) = task.await {
-                    let _ = shared.store.give_up(&key, &held.owner, lease).await;
-                }
+                let _ = task.await;
+                let _ = shared.store.give_up(&key, &owner, lease).await;
             });
         }
         joined
@@ -161,20 +162,27 @@ impl Wait<'_> {
     }
 
     async fn insert(&self, owner: &str) -> Result<Option<Held>> {
-        let (shared, key, owner) = (self.shared.clone(), self.key.clone(), owner.to_owned());
+        let (shared, key, me) = (self.shared.clone(), self.key.clone(), owner.to_owned());
         let lease = Some(self.options.hold.lease);
-        let insert = async move { shared.store.insert(&key, &owner, lease).await.map(Some) };
-        match self.acquiring_write(insert).await {
+        let insert = async move { shared.store.insert(&key, &me, lease).await.map(Some) };
+        match self.acquiring_write(owner, insert).await {
             Err(LockError::DuplicateKey { .. }) => Ok(None),
             other => other,
         }
     }
 
     async fn claim(&self, owner: &str) -> Result<Option<Held>> {
-        let (shared, key, owner) = (self.shared.clone(), self.key.clone(), owner.to_owned());
+        let (shared, key, me) = (self.shared.clone(), self.key.clone(), owner.to_owned());
         let lease = self.options.hold.lease;
-        self.acquiring_write(async move { shared.store.claim(&key, &owner, lease).await })
-            .await
+        let claim = async move { shared.store.claim(&key, &me, lease).await };
+        self.acquiring_write(owner, claim).await
+    }
+
+    async fn take_or_enqueue(&self, owner: &str) -> Result<Option<Queued>> {
+        let (shared, key, me) = (self.shared.clone(), self.key.clone(), owner.to_owned());
+        let lease = self.options.hold.lease;
+        let write = async move { shared.store.take_or_enqueue(&key, &me, lease).await };
+        self.acquiring_write(owner, write).await
     }
 
     /// The lock the change stream says is now ours; confirmed with a write when the
@@ -197,9 +205,9 @@ impl Wait<'_> {
 
     async fn take_over(&self, blocker: &Blocker, owner: &str) -> Result<Option<Held>> {
         let (shared, key, blocker) = (self.shared.clone(), self.key.clone(), blocker.clone());
-        let (owner, lease) = (owner.to_owned(), Some(self.options.hold.lease));
-        let write = async move { shared.store.take_over(&key, &blocker, &owner, lease).await };
-        self.acquiring_write(write).await
+        let (me, lease) = (owner.to_owned(), Some(self.options.hold.lease));
+        let write = async move { shared.store.take_over(&key, &blocker, &me, lease).await };
+        self.acquiring_write(owner, write).await
     }
 
     /// Tries until the lock is ours. Where the change stream runs, the waiter joins
@@ -220,16 +228,17 @@ impl Wait<'_> {
         loop {
             // The turn may have come because `close()` ended the hold before us.
             self.interrupted()?;
-            if let Some(held) = self.insert(owner).await? {
-                return Ok(held);
-            }
-            if self.options.wait_timeout.is_zero() {
-                return self.last_attempt(owner).await;
-            }
-            // Only now, with somebody in the way, is the release feed worth its cost.
-            if subscription.is_none() {
-                let subscribe = self.shared.feed.subscribe(self.shared.store.collection());
-                subscription = Some(self.interruptible(async { Ok(subscribe.await) }).await?);
+            if !self.may_queue(&mut subscription).await? {
+                if let Some(held) = self.insert(owner).await? {
+                    return Ok(held);
+                }
+                if self.options.wait_timeout.is_zero() {
+                    return self.last_attempt(owner).await;
+                }
+                // Only now, with somebody in the way, is the release feed worth its cost.
+                if subscription.is_none() {
+                    subscription = Some(self.subscribe().await?);
+                }
             }
             let releases = subscription.as_mut().expect("subscribed above");
             *queued |= releases.live;
@@ -251,22 +260,42 @@ impl Wait<'_> {
         }
     }
 
-    /// The lock in our way, having joined its queue if we can hear our turn come.
+    async fn subscribe(&self) -> Result<Subscription> {
+        let subscribe = self.shared.feed.subscribe(self.shared.store.collection());
+        self.interruptible(async { Ok(subscribe.await) }).await
+    }
+
+    /// Whether this waiter can hear its turn come, and so may queue at once instead
+    /// of first trying to insert: the release feed is live, because this waiter
+    /// already subscribed, or another caller of this process keeps it open.
+    async fn may_queue(&self, subscription: &mut Option<Subscription>) -> Result<bool> {
+        if self.options.wait_timeout.is_zero() {
+            return Ok(false);
+        }
+        if subscription.is_none() && self.shared.feed.is_live() {
+            *subscription = Some(self.subscribe().await?);
+        }
+        Ok(subscription.as_ref().is_some_and(|s| s.live))
+    }
+
+    /// The lock in our way, having joined its queue if we can hear our turn come;
+    /// or the lock itself, if the key was free or it was handed to us meanwhile.
     async fn in_the_way(&self, queue: bool, owner: &str) -> Result<InTheWay> {
-        let store = &self.shared.store;
-        let found = if queue {
-            self.interruptible(store.enqueue(self.key, owner)).await?
-        } else {
-            self.interruptible(store.blocker(self.key)).await?
-        };
-        Ok(match (found, queue) {
-            (Some(blocker), _) => InTheWay::Lock(blocker),
-            (None, false) => InTheWay::Nothing,
-            // No lock, or one handed to us while we did not listen.
-            (None, true) => self
+        if !queue {
+            let found = self
+                .interruptible(self.shared.store.blocker(self.key))
+                .await?;
+            return Ok(found.map_or(InTheWay::Nothing, InTheWay::Lock));
+        }
+        Ok(match self.take_or_enqueue(owner).await? {
+            Some(Queued::Behind(blocker)) => InTheWay::Lock(blocker),
+            Some(Queued::Ours(held)) => InTheWay::Ours(held),
+            Some(Queued::Unconfirmed) => self
                 .claim(owner)
                 .await?
                 .map_or(InTheWay::Nothing, InTheWay::Ours),
+            // Another process inserted at the same moment.
+            None => InTheWay::Nothing,
         })
     }
 

@@ -67,6 +67,35 @@ pub fn new_owner(owner: &str, lease_expires_at: Option<DateTime>) -> Document {
     set
 }
 
+/// The upsert pipeline of a waiter that can queue: on a missing lock (the upsert's
+/// new document has only `id`) it writes a new lock of `owner`, as `new_lock` does; on
+/// an existing one it adds `owner` to the queue, unless it is queued or holds it.
+pub fn take_or_enqueue(
+    owner: &str,
+    lease_expires_at: DateTime,
+    passes_until: DateTime,
+) -> Vec<Document> {
+    let exists = doc! { "$ne": [{ "$type": format!("${LOCKED_AT}") }, "missing"] };
+    let queue = doc! { "$ifNull": [format!("${QUEUE}"), []] };
+    let waiting = doc! { "$or": [
+        { "$eq": [format!("${OWNER}"), owner] },
+        { "$in": [owner, queue.clone()] },
+    ] };
+    let joined =
+        doc! { "$cond": [waiting, format!("${QUEUE}"), { "$concatArrays": [queue, [owner]] }] };
+    let now = now_millis();
+    let meta = doc! { "created_at": millis_timestamp(now), "updated_at": millis_timestamp(now) };
+    let new = |field: &str, value: Bson| doc! { "$cond": [exists.clone(), format!("${field}"), { "$literal": value }] };
+    vec![doc! { "$set": {
+        LOCKED_AT: new(LOCKED_AT, Bson::Double(now as f64)),
+        META: new(META, meta.into()),
+        OWNER: new(OWNER, owner.into()),
+        LEASE_EXPIRES_AT: new(LEASE_EXPIRES_AT, lease_expires_at.into()),
+        PASSES_UNTIL: new(PASSES_UNTIL, passes_until.into()),
+        QUEUE: { "$cond": [exists, joined, format!("${QUEUE}")] },
+    } }]
+}
+
 /// The update pipeline that passes a lock to the first ticket of its queue, if it has
 /// one and `now` is before its `PASSES_UNTIL`; else it leaves the document as it is.
 /// One write, whatever the number of tickets.

@@ -134,6 +134,11 @@ impl ReleaseFeed {
         }
     }
 
+    /// Whether the stream is open and following now.
+    pub fn is_live(&self) -> bool {
+        *self.inner.state.borrow() == FeedState::Live
+    }
+
     /// A new owner id for an acquisition by one of this feed's waiters.
     pub fn new_owner(&self) -> String {
         format!(

@@ -423,6 +423,17 @@ const PASSING: Duration = Duration::from_secs(1);
 /// `PASSING` of continuous hand-overs, or a release by the original class.
 pub const AFTER_DELETE: Duration = Duration::from_millis(20);
 
+/// What `take_or_enqueue` found.
+#[derive(Debug)]
+pub enum Queued {
+    /// The lock is ours: the key was free, or the lock was handed to us earlier.
+    Ours(Held),
+    /// Ours, but with too little of its lease left to start on: to be claimed.
+    Unconfirmed,
+    /// Another holds it; we are in its queue.
+    Behind(Blocker),
+}
+
 /// What `pass_on` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PassedOn {
@@ -440,18 +451,55 @@ pub enum PassedOn {
 }
 
 impl LockStore {
-    /// Joins the queue of the lock in the way and returns it; `None` when there is no
-    /// lock, or when it is already ours (handed to us while we were not listening).
-    pub async fn enqueue(&self, key: &LockKey, owner: &str) -> Result<Option<Blocker>> {
+    /// Takes the lock if the key is free, else joins the queue of the lock in the way:
+    /// one write either way (an upsert), so a waiter that expects to queue does not
+    /// first fail an insert. `None` when another process inserted at the same moment.
+    pub async fn take_or_enqueue(
+        &self,
+        key: &LockKey,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<Queued>> {
+        self.ensure_indexes().await?;
+        let expiry = self
+            .lease_expiry(Some(lease))
+            .await?
+            .expect("a lease was given");
+        let passes_until = self
+            .lease_expiry(Some(PASSING))
+            .await?
+            .expect("a lease was given");
+        let mut session = self.db.client().start_session().await?;
         let found = self
             .locks
             .find_one_and_update(
-                doc! { ID: key.to_bson(), OWNER: { "$ne": owner } },
-                doc! { "$addToSet": { QUEUE: owner } },
+                doc! { ID: key.to_bson() },
+                document::take_or_enqueue(owner, expiry, passes_until),
             )
-            .projection(doc! { "_id": 1, LEASE_EXPIRES_AT: 1 })
-            .await?;
-        Ok(found.as_ref().map(Blocker::from))
+            .upsert(true)
+            .projection(doc! { "_id": 1, OWNER: 1, LEASE_EXPIRES_AT: 1 })
+            .return_document(ReturnDocument::After)
+            .session(&mut session)
+            .await;
+        // Both test servers sometimes answer an upsert that raced another write with no
+        // document; like a duplicate key, that is a reason to look again.
+        let found = match found.map_err(|e| duplicate_key_or(e, key)) {
+            Err(LockError::DuplicateKey { .. }) | Ok(None) => return Ok(None),
+            Ok(Some(found)) => found,
+            Err(e) => return Err(e),
+        };
+        if found.get_str(OWNER).ok() != Some(owner) {
+            return Ok(Some(Queued::Behind(Blocker::from(&found))));
+        }
+        let Some(token) = self.fencing_token(key, owner, &session).await? else {
+            return Ok(None);
+        };
+        let expiry = found.get_datetime(LEASE_EXPIRES_AT).ok().copied();
+        let held = match expiry {
+            Some(expiry) => self.handed_over(owner, expiry, token, lease).await?,
+            None => None,
+        };
+        Ok(Some(held.map_or(Queued::Unconfirmed, Queued::Ours)))
     }
 
     /// Confirms a lock that was handed to `owner` while it was not listening, with a

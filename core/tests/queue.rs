@@ -35,6 +35,17 @@ async fn queued(locks: &Collection<Document>, key: &str, n: usize) {
     panic!("{n} tickets were never queued on {key}");
 }
 
+/// Lets the lock of `key` pass through its queue for another minute: a queue built up
+/// slowly by the test must not reach the end of its passing time (`passes_until`),
+/// when the lock is deleted once and the waiters race.
+async fn keep_passing(locks: &Collection<Document>, key: &str) {
+    let later = mongodb::bson::DateTime::from_millis(
+        mongodb::bson::DateTime::now().timestamp_millis() + 60_000,
+    );
+    let set = doc! { "$set": { document::PASSES_UNTIL: later } };
+    locks.update_one(doc! { "id": key }, set).await.unwrap();
+}
+
 /// Holds `key` in each of `services` in turn, recording `(name, document _id, token)`.
 fn contender(
     name: usize,
@@ -66,6 +77,7 @@ async fn a_release_hands_the_lock_to_the_queued_processes_in_order_of_arrival() 
     let locks = locks(&client, &db);
     let key = LockKey::Str("queued".into());
     let first = service.acquire(&key, &options(5_000, 5_000)).await.unwrap();
+    keep_passing(&locks, "queued").await;
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for name in 1..=5 {
@@ -173,6 +185,7 @@ async fn a_local_streak_gives_way_to_a_queued_process() {
     let other = other_process(&db).await;
     tasks.push(contender(1, other, locks.clone(), order.clone()));
     queued(&locks, "queued", 1).await;
+    keep_passing(&locks, "queued").await;
     assert!(first.release().await.unwrap());
     for task in tasks {
         task.await.unwrap();
