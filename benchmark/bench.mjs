@@ -117,14 +117,39 @@ const workloads = {
     return contend(impl, 4, 1, 4)
   },
   scaling,
+  // Parts and samples: see memory.mjs. Growth is from the sample after the first tenth
+  // of the cycles (warm-up) to the last; the held figures are of the first round, the
+  // last two after it returned and after a second round.
   async memory (impl) {
-    const cycles = Number(process.env.BENCH_MEMORY_CYCLES ?? 20_000)
-    const child = spawn(process.execPath, ['--expose-gc', path.join(here, 'memory.mjs'), impl, String(cycles)], { stdio: ['ignore', 'pipe', 'inherit'] })
-    let samples
-    for await (const line of readline.createInterface({ input: child.stdout })) samples = JSON.parse(line)
-    const first = samples[0]
-    const last = samples.at(-1)
-    return { cycles, rss_after_mb: last.rss_mb, heap_after_mb: last.heap_mb, rss_growth_mb: last.rss_mb - first.rss_mb, heap_growth_mb: last.heap_mb - first.heap_mb }
+    const cycles = Number(process.env.BENCH_MEMORY_CYCLES ?? 100_000)
+    const held = Number(process.env.BENCH_MEMORY_HELD ?? 10_000)
+    const child = spawn(process.execPath, ['--expose-gc', path.join(here, 'memory.mjs'), impl, String(cycles), String(held)], { stdio: ['ignore', 'pipe', 'inherit'] })
+    let report
+    for await (const line of readline.createInterface({ input: child.stdout })) report = JSON.parse(line)
+    const { cycleSamples, cyclesSeconds, rounds: [first, second] } = report
+    for (const [round, { failed, errors }] of [first, second].entries()) {
+      if (failed) console.error(`memory ${impl}: round ${round + 1} of ${held} held: ${failed} calls failed: ${errors.join('; ')}`)
+    }
+    const warm = cycleSamples[0]
+    const last = cycleSamples.at(-1)
+    return {
+      cycles,
+      cycles_s: cyclesSeconds,
+      rss_after_mb: last.rss_mb,
+      heap_after_mb: last.heap_mb,
+      rss_growth_mb: last.rss_mb - warm.rss_mb,
+      heap_growth_mb: last.heap_mb - warm.heap_mb,
+      held,
+      held_failed: first.failed + second.failed,
+      all_held_s: first.allInSeconds,
+      held_round_s: first.seconds,
+      held_rss_mb: first.whileHeld.rss_mb,
+      after_release_rss_mb: first.afterRelease.rss_mb,
+      after_second_round_rss_mb: second.afterRelease.rss_mb,
+      held_heap_mb: first.whileHeld.heap_mb,
+      after_release_heap_mb: first.afterRelease.heap_mb,
+      after_second_round_heap_mb: second.afterRelease.heap_mb
+    }
   },
   // What the binding itself costs per call: calls that cross into Rust and come back
   // rejected (ERR_LOCK_CLOSED) without touching the server, on the native class. The
@@ -186,7 +211,7 @@ for (const [name, { original, addon }] of Object.entries(results.workloads)) {
   for (const metric of Object.keys(original)) {
     const higherIsBetter = /per_s|turns/.test(metric)
     const ratio = higherIsBetter ? addon[metric] / original[metric] : original[metric] / addon[metric]
-    const comparable = Number.isFinite(ratio) && !/cycles|growth/.test(metric)
+    const comparable = Number.isFinite(ratio) && !/cycles$|growth|held$|failed/.test(metric)
     rows.push({ workload: name, metric, original: +original[metric].toFixed(2), addon: +addon[metric].toFixed(2), 'addon advantage': comparable ? `${ratio.toFixed(2)}x` : '' })
   }
 }
