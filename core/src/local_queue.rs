@@ -137,17 +137,31 @@ impl LocalTurn {
 
 #[derive(Default)]
 pub struct LocalQueues {
-    slots: Mutex<HashMap<String, Arc<KeySlot>>>,
+    slots: Mutex<Slots>,
 }
+
+/// The slots of the keys in use, and the size at which idle ones are next dropped.
+#[derive(Default)]
+struct Slots {
+    by_key: HashMap<String, Arc<KeySlot>>,
+    prune_at: usize,
+}
+
+/// Below this many slots, idle ones wait for `tidy`.
+const PRUNE_AT_LEAST: usize = 1024;
 
 impl LocalQueues {
     pub fn slot(&self, key: &LockKey) -> Arc<KeySlot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        // Drop idle slots so a process that locks millions of distinct keys stays flat.
-        if slots.len() > 1024 {
-            slots.retain(|_, slot| !slot.idle());
+        // Drop idle slots (ones `tidy` could not) so a process that locks millions of
+        // distinct keys stays flat; at most once per doubling, so that with many keys
+        // held at once an acquisition does not scan them all.
+        if slots.by_key.len() > slots.prune_at.max(PRUNE_AT_LEAST) {
+            slots.by_key.retain(|_, slot| !slot.idle());
+            slots.prune_at = slots.by_key.len() * 2;
         }
         slots
+            .by_key
             .entry(key.identity())
             .or_insert_with(|| {
                 Arc::new(KeySlot {
@@ -162,8 +176,8 @@ impl LocalQueues {
     pub fn tidy(&self, key: &LockKey) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let name = key.identity();
-        if slots.get(&name).is_some_and(|slot| slot.idle()) {
-            slots.remove(&name);
+        if slots.by_key.get(&name).is_some_and(|slot| slot.idle()) {
+            slots.by_key.remove(&name);
         }
     }
 }
@@ -201,6 +215,34 @@ mod tests {
         let order: Vec<_> = [rx.recv().await, rx.recv().await, rx.recv().await].into();
         assert_eq!(order, vec![Some(0), Some(1), Some(2)]);
         assert!(slot.try_turn().is_some());
+    }
+
+    #[test]
+    fn idle_slots_are_dropped_once_per_doubling_and_live_ones_kept() {
+        let queues = LocalQueues::default();
+        let count = |queues: &LocalQueues| queues.slots.lock().unwrap().by_key.len();
+        let held: Vec<_> = (0..1500)
+            .map(|i| queues.slot(&LockKey::Num(i as f64)).try_turn().unwrap())
+            .collect();
+        for i in 0..1000 {
+            queues.slot(&LockKey::Str(format!("idle-{i}")));
+        }
+        // The prune ran when the map passed 1024 slots; it keeps every held key.
+        assert!(count(&queues) < 2500, "{}", count(&queues));
+        queues.slot(&LockKey::Str("next".into()));
+        assert!(count(&queues) >= 1501);
+        assert!(held.iter().all(|turn| !turn.slot.idle()));
+        drop(held);
+        let at = queues.slots.lock().unwrap().prune_at;
+        for i in 0..=at {
+            queues.slot(&LockKey::Str(format!("more-{i}")));
+        }
+        // Past twice the size after the last prune: everything idle went.
+        assert!(
+            count(&queues) <= at,
+            "{} slots, pruned at {at}",
+            count(&queues)
+        );
     }
 
     #[tokio::test]
