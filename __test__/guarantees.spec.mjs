@@ -1,6 +1,6 @@
 // Promises of README.md and docs/design.md that no other spec checks: the stored lease,
-// the `contended` mark, local hand-overs (fencing tokens, the 8-turn cap), the change
-// stream's safety poll, and close() ending a wait that is in the database. Each
+// the queue of processes, local hand-overs (fencing tokens), the change stream's safety
+// poll, and close() ending a wait that is in the database. Each
 // ResourceLock has its own client, so two of them contend as two processes do.
 import test from 'ava'
 import { MongoClient } from 'mongodb'
@@ -38,7 +38,10 @@ test('the stored lease_expires_at lies `lease` after the server\'s time', async 
   t.true(heldUntil <= end + 4_000 + 2_000, `expires ${heldUntil - end} ms after the server time after the call`)
 })
 
-test('a waiter of another instance marks the lock contended', async (t) => {
+/** Whether a waiter of another instance queued on the lock of `id`. */
+const queuedOn = (locks, id) => eventually(async () => (await locks.findOne({ id }))?.queue?.length === 1)
+
+test('a waiter of another instance queues on the lock, and the release hands it over', async (t) => {
   const { name, db } = await freshDatabase(t)
   const holder = addonLock(t, name)
   const waiter = addonLock(t, name)
@@ -47,13 +50,17 @@ test('a waiter of another instance marks the lock contended', async (t) => {
   const done = deferred()
   const holding = holder.doWhileLocked(['c'], async () => { inside.resolve(); await done.promise }, { lockTimeout: 20_000 })
   await inside.promise
-  t.false('contended' in await locks.findOne({ id: 'c' }), 'not contended while nobody waits')
+  const held = await locks.findOne({ id: 'c' })
+  t.false('queue' in held, 'no queue while nobody waits')
   const waiting = waiter.doWhileLocked(['c'], () => locks.findOne({ id: 'c' }), { waitTimeout: 20_000 })
-  t.true(await eventually(async () => (await locks.findOne({ id: 'c' }))?.contended === true), 'the waiter set contended: true')
+  t.true(await queuedOn(locks, 'c'), 'the waiter queued')
   done.resolve()
   await holding
   const own = await waiting
-  t.false('contended' in own, 'the waiter\'s own lock starts uncontended')
+  t.is(own._id.toHexString(), held._id.toHexString(), 'handed over: the same document')
+  t.not(own.owner, held.owner)
+  t.deepEqual(own.queue, [])
+  t.false('contended' in own, 'a waiter that can queue does not mark the lock contended')
 })
 
 // A takeover must clear the `contended` mark of the document it takes over, or the new
@@ -67,7 +74,7 @@ test('a lock taken over after its lease starts uncontended', async (t) => {
   t.false('contended' in own && own.contended, `contended: ${own.contended}`)
 })
 
-test('local hand-overs: new fencing tokens, and at most 8 in a row before a release in the database', async (t) => {
+test('local hand-overs: new fencing tokens, and the document stays while no other process waits', async (t) => {
   const { name, db } = await freshDatabase(t)
   const lock = addonLock(t, name)
   const locks = db.collection('_locks')
@@ -93,16 +100,9 @@ test('local hand-overs: new fencing tokens, and at most 8 in a row before a rele
   for (let i = 1; i < holds.length; i++) {
     t.true(holds[i].token > holds[i - 1].token, `token ${i} did not increase`)
   }
-  // A hand-over keeps the lock document (same _id); a release in the database deletes
-  // it and the next holder inserts a new one.
-  const runs = []
-  for (const [i, hold] of holds.entries()) {
-    if (i > 0 && hold.doc === holds[i - 1].doc) runs[runs.length - 1]++
-    else runs.push(1)
-  }
-  t.log(`holds per lock document: ${runs.join(', ')}`)
-  t.true(runs.some((n) => n > 1), 'the lock was handed over locally')
-  t.true(runs.every((n) => n <= 9), 'at most 8 hand-overs after an insert')
+  // A hand-over keeps the lock document (same _id). Every ninth turn the process asks
+  // whether another process is queued; none is, so it never releases in the database.
+  t.true(holds.every((hold) => hold.doc === holds[0].doc), 'one document from the first hold to the last')
   t.is(await locks.countDocuments(), 0)
 })
 
@@ -114,7 +114,7 @@ test('a release the change stream does not announce is still seen (safety poll)'
   await holder.lock(['polled'])
   let acquiredAt
   const waiting = waiter.doWhileLocked(['polled'], () => { acquiredAt = Date.now() }, { waitTimeout: 15_000 })
-  t.true(await eventually(async () => (await locks.findOne({ id: 'polled' }))?.contended === true), 'the waiter is waiting in the database')
+  t.true(await queuedOn(locks, 'polled'), 'the waiter is waiting in the database')
   await sleep(2_500) // long enough for a live change stream to be open
   // The key becomes free without a delete, so the stream has nothing to report.
   await locks.updateOne({ id: 'polled' }, { $set: { id: 'moved away' } })
@@ -132,7 +132,7 @@ test('close() rejects a wait that is in the database, and leaves the other insta
   await holder.lock(['busy'])
   // Nothing but close() can end this wait early: no poll within a minute, no lease.
   const waiting = waiter.doWhileLocked(['busy'], () => 'never', { waitTimeout: 10_000, retryInterval: 60_000 })
-  t.true(await eventually(async () => (await locks.findOne({ id: 'busy' }))?.contended === true), 'the waiter is waiting in the database')
+  t.true(await queuedOn(locks, 'busy'), 'the waiter is waiting in the database')
   const closedAt = Date.now()
   const closing = waiter.close()
   const error = await t.throwsAsync(waiting)
@@ -194,7 +194,7 @@ test('unlock() of a lock taken with lock() after its lease passed leaves the nex
   t.true(await next.release())
 })
 
-test('on a standalone server, fencing tokens come from one counter and still follow the holds', async (t) => {
+test('on a standalone server, fencing tokens come from one counter and still follow the holds, and waiters mark the lock instead of queueing', async (t) => {
   const server = await startServer({ standalone: true })
   t.teardown(() => server.stop())
   const client = new MongoClient(server.url)
@@ -209,4 +209,16 @@ test('on a standalone server, fencing tokens come from one counter and still fol
   for (let i = 1; i < tokens.length; i++) t.true(tokens[i] > tokens[i - 1], `token ${i} did not increase`)
   const fences = await client.db(databaseName).collection('_lock_fences').find().toArray()
   t.is(fences.length, 1, 'one counter for all keys, nothing kept per key')
+  // Without a change stream a waiter cannot hear its turn come: it marks the lock
+  // `contended`, so that the holder's process lets it have the next turn.
+  const locks = client.db(databaseName).collection('_locks')
+  const inside = deferred()
+  const done = deferred()
+  const holding = a.doWhileLocked(['marked'], async () => { inside.resolve(); await done.promise }, { lockTimeout: 20_000 })
+  await inside.promise
+  const waiting = b.doWhileLocked(['marked'], () => {}, { waitTimeout: 20_000 })
+  t.true(await eventually(async () => (await locks.findOne({ id: 'marked' }))?.contended === true), 'the waiter marked the lock')
+  t.false('queue' in await locks.findOne({ id: 'marked' }), 'and did not queue')
+  done.resolve()
+  await Promise.all([holding, waiting])
 })
