@@ -126,10 +126,11 @@ const workloads = {
     const child = spawn(process.execPath, ['--expose-gc', path.join(here, 'memory.mjs'), impl, String(cycles), String(held)], { stdio: ['ignore', 'pipe', 'inherit'] })
     let report
     for await (const line of readline.createInterface({ input: child.stdout })) report = JSON.parse(line)
-    const { cycleSamples, cyclesSeconds, rounds: [first, second] } = report
+    const { cycleSamples, cyclesSeconds, rounds: [first, second], stray } = report
     for (const [round, { failed, errors }] of [first, second].entries()) {
       if (failed) console.error(`memory ${impl}: round ${round + 1} of ${held} held: ${failed} calls failed: ${errors.join('; ')}`)
     }
+    if (stray.length) console.error(`memory ${impl}: rejections nobody could catch: ${stray.join('; ')}`)
     const warm = cycleSamples[0]
     const last = cycleSamples.at(-1)
     return {
