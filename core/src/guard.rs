@@ -96,6 +96,13 @@ impl DbHold {
         store.release(key, owner, lease, self.queued_behind).await
     }
 
+    /// Ends a release that `pass_on` did not finish.
+    async fn end_after(&self, passed: PassedOn) -> Result<Released> {
+        self.keeper.stop();
+        let store = &self.shared.store;
+        store.release_after(&self.key, &self.owner, passed).await
+    }
+
     /// Passes the lock to the next process in its queue, if any; the keeper goes on
     /// unless it was passed on.
     async fn pass_on(&self) -> Result<PassedOn> {
@@ -286,8 +293,9 @@ async fn release(hold: Arc<DbHold>, turn: Option<LocalTurn>, hand_over: bool) ->
                 PassedOn::NobodyQueued { contended: false } => turn.restart_streak(),
                 PassedOn::HandedOver => return Ok(released(&hold, turn, Released::HandedOver)),
                 PassedOn::NotOurs => return Ok(released(&hold, turn, Released::NotOurs)),
-                PassedOn::NobodyQueued { contended: true } | PassedOn::Capped => {
-                    let ended = hold.end().await?;
+                // Another process must get its chance: delete, without asking again.
+                passed @ (PassedOn::NobodyQueued { contended: true } | PassedOn::Capped) => {
+                    let ended = hold.end_after(passed).await?;
                     return Ok(released(&hold, turn, ended));
                 }
             }

@@ -583,7 +583,18 @@ impl LockStore {
                 return Ok(released);
             }
         }
-        match self.pass_on(key, owner, lease).await? {
+        let passed = self.pass_on(key, owner, lease).await?;
+        self.release_after(key, owner, passed).await
+    }
+
+    /// Ends a release that `pass_on` did not finish: deletes the lock if it is still ours.
+    pub async fn release_after(
+        &self,
+        key: &LockKey,
+        owner: &str,
+        passed: PassedOn,
+    ) -> Result<Released> {
+        match passed {
             PassedOn::HandedOver => Ok(Released::HandedOver),
             PassedOn::NotOurs => Ok(Released::NotOurs),
             PassedOn::NobodyQueued { .. } => self.delete_owned(key, owner).await,
