@@ -28,7 +28,7 @@ pub const LEASE_EXPIRES_AT: &str = "lease_expires_at";
 /// waiter try first.
 pub const CONTENDED: &str = "contended";
 /// The waiting processes' tickets: the owner ids they will hold under, in order of
-/// arrival. A release hands the lock to the first (`store/queue.rs`).
+/// arrival. A release hands the lock to the first (`store.rs`, `pass_on`).
 pub const QUEUE: &str = "queue";
 /// Until when, on the server's clock, the lock may pass from process to process
 /// through `QUEUE`; after that its next release deletes it, so that processes that

@@ -72,7 +72,7 @@ pub enum Released {
     Free,
     /// Deleted; a waiter marked it while we held it.
     Contended,
-    /// Passed to the first waiter of its queue (`store/queue.rs`).
+    /// Passed to the first waiter of its queue (`pass_on`).
     HandedOver,
     /// It was no longer ours.
     NotOurs,
@@ -218,7 +218,7 @@ impl LockStore {
 
     /// The lock document in the way, if any, marked as contended so that its holder's
     /// process lets other processes have the next turn: for waiters that cannot queue
-    /// (`enqueue`) because they have no change stream to hear their turn on.
+    /// (`take_or_enqueue`) because they have no change stream to hear their turn on.
     pub async fn blocker(&self, key: &LockKey) -> Result<Option<Blocker>> {
         let found = self
             .locks
