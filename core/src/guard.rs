@@ -12,9 +12,10 @@
 use std::any::Any;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +45,8 @@ pub(crate) struct DbHold {
     /// The lease the keeper writes, in ms.
     lease_ms: AtomicU64,
     keeper: KeeperHandle,
+    /// The answer of the last `look_ahead`, once it has come.
+    looked_ahead: Mutex<Option<oneshot::Receiver<bool>>>,
 }
 
 impl DbHold {
@@ -65,6 +68,7 @@ impl DbHold {
             holders: AtomicU32::new(0),
             lease_ms: AtomicU64::new(lease.as_millis() as u64),
             keeper,
+            looked_ahead: Mutex::default(),
         })
     }
 
@@ -115,6 +119,30 @@ impl DbHold {
             self.keeper.stop();
         }
         passed
+    }
+
+    /// Starts asking whether another process is queued for the lock, so that the
+    /// answer is there when the local streak ends, while the last holder of the streak
+    /// works, instead of costing a round trip with nobody holding the lock. It may be
+    /// stale by then: a process that queued meanwhile waits one streak more.
+    fn look_ahead(&self) {
+        let (tell, told) = oneshot::channel();
+        *self.looked_ahead.lock().unwrap_or_else(|e| e.into_inner()) = Some(told);
+        let (shared, key, owner) = (self.shared.clone(), self.key.clone(), self.owner.clone());
+        tokio::spawn(async move {
+            let nobody = shared.store.nobody_queued(&key, &owner).await;
+            let _ = tell.send(nobody.unwrap_or(false));
+        });
+    }
+
+    /// Whether the last `look_ahead` has answered that nobody else is queued.
+    fn nobody_queued(&self) -> bool {
+        let told = self
+            .looked_ahead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        told.is_some_and(|mut told| told.try_recv() == Ok(true))
     }
 
     /// A lock this process left for a local waiter that did not take it.
@@ -287,7 +315,9 @@ async fn release(hold: Arc<DbHold>, turn: Option<LocalTurn>, hand_over: bool) ->
         return Ok(hold.end().await? != Released::NotOurs);
     };
     if hand_over && !hold.shared.is_closed() && turn.has_waiters() && hold.sequence_left() {
-        if turn.streak_used_up() {
+        if turn.streak_used_up() && hold.nobody_queued() {
+            turn.restart_streak();
+        } else if turn.streak_used_up() {
             // Other processes' turn first, if any is queued; else ours goes on.
             match hold.pass_on().await? {
                 PassedOn::NobodyQueued { contended: false } => turn.restart_streak(),
@@ -310,6 +340,9 @@ async fn release(hold: Arc<DbHold>, turn: Option<LocalTurn>, hand_over: bool) ->
 /// Leaves the lock to the next waiter of this process.
 async fn hand_over_locally(hold: Arc<DbHold>, turn: LocalTurn) -> Result<bool> {
     hold.keeper.work.send_replace(None);
+    if turn.streak_ends_next() {
+        hold.look_ahead();
+    }
     let slot = turn.hand_over(Box::new(hold));
     // The waiter may have given up in the meantime: then nobody holds the turn
     // now and the lock must not stay behind.

@@ -100,6 +100,11 @@ impl LocalTurn {
         self.state.streak >= MAX_LOCAL_HANDOVERS
     }
 
+    /// Whether the streak is used up once this turn hands the key over.
+    pub fn streak_ends_next(&self) -> bool {
+        self.state.streak + 1 >= MAX_LOCAL_HANDOVERS
+    }
+
     /// Leaves the lock to the next waiter, and gives up the turn.
     /// Returns the slot, to take the lock back if no waiter took the turn.
     pub fn hand_over(mut self, inherited: Inherited) -> Arc<KeySlot> {

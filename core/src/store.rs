@@ -569,6 +569,18 @@ impl LockStore {
         Ok(after.map_or(PassedOn::NotOurs, |d| passed_on(&d, owner)))
     }
 
+    /// Whether our lock has nobody queued for it and no mark of contention: what
+    /// `pass_on` would answer with `NobodyQueued { contended: false }`, by a read.
+    pub async fn nobody_queued(&self, key: &LockKey, owner: &str) -> Result<bool> {
+        let found = self
+            .locks
+            .find_one(doc! { ID: key.to_bson(), OWNER: owner })
+            .projection(doc! { OWNER: 1, QUEUE: 1, CONTENDED: 1 })
+            .await?;
+        let nobody = PassedOn::NobodyQueued { contended: false };
+        Ok(found.is_some_and(|d| passed_on(&d, owner) == nobody))
+    }
+
     /// Releases our lock: passes it on to the next waiter in the queue, or deletes it.
     /// `queued_behind` says which to try first; a wrong guess costs a round trip.
     pub async fn release(
