@@ -169,7 +169,13 @@ async fn hold(acquired: Acquired, callback: Callback) -> Result<RetainedValue, F
     };
     match ended {
         Ok(result) => match guard.release().await? {
-            true => result.map_err(Failure::Js),
+            true => {
+                // A local waiter handed the lock is woken on tokio; letting it run first
+                // queues its callback on the JavaScript thread before this call's own
+                // result, so the lock does not sit idle while this promise settles.
+                tokio::task::yield_now().await;
+                result.map_err(Failure::Js)
+            }
             // Someone removed the lock while we held it: the original's release
             // failed the same way.
             false => Err(Failure::Lock(LockError::not_deleted(ids_to_string(
