@@ -315,11 +315,15 @@ async fn release(hold: Arc<DbHold>, turn: Option<LocalTurn>, hand_over: bool) ->
         return Ok(hold.end().await? != Released::NotOurs);
     };
     if hand_over && !hold.shared.is_closed() && turn.has_waiters() && hold.sequence_left() {
-        if turn.streak_used_up() && hold.nobody_queued() {
-            turn.restart_streak();
-        } else if turn.streak_used_up() {
-            // Other processes' turn first, if any is queued; else ours goes on.
-            match hold.pass_on().await? {
+        if turn.streak_used_up() {
+            // Other processes' turn first, if any is queued; else ours goes on. The
+            // look-ahead usually knows already; if not, `pass_on` asks.
+            let passed = if hold.nobody_queued() {
+                PassedOn::NobodyQueued { contended: false }
+            } else {
+                hold.pass_on().await?
+            };
+            match passed {
                 PassedOn::NobodyQueued { contended: false } => turn.restart_streak(),
                 PassedOn::HandedOver => return Ok(released(&hold, turn, Released::HandedOver)),
                 PassedOn::NotOurs => return Ok(released(&hold, turn, Released::NotOurs)),
