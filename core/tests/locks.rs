@@ -282,3 +282,71 @@ async fn local_hand_overs_keep_the_document_and_give_every_holder_a_new_token() 
     assert_eq!(left, 0, "no lock may stay behind");
     client.database(&db).drop().await.unwrap();
 }
+
+/// The fencing tokens of a run of holds, in order, and the longest streak of holders
+/// under one database token that another database token followed.
+#[derive(Default)]
+struct Holds {
+    tokens: Vec<u128>,
+    current: usize,
+    longest_ended: usize,
+}
+
+impl Holds {
+    fn push(&mut self, token: u128) {
+        match self.tokens.last() {
+            Some(last) if last >> 16 == token >> 16 => self.current += 1,
+            _ => {
+                self.longest_ended = self.longest_ended.max(self.current);
+                self.current = 1;
+            }
+        }
+        self.tokens.push(token);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hold_goes_back_to_the_database_before_its_local_sequence_runs_out() {
+    let (service, client, db) = service().await;
+    let key = LockKey::Str("sequence".into());
+    // The 16-bit local sequence allows this many holders under one database token.
+    const SEQUENCE: usize = (1 << 16) - 1;
+    let holds = Arc::new(std::sync::Mutex::new(Holds::default()));
+    let mut tasks = Vec::new();
+    // Enough callers that a release nearly always finds a local waiter; a release that
+    // finds none ends the hold early, and the callers go on until one hold is full.
+    for _ in 0..8 {
+        let (service, key, holds) = (service.clone(), key.clone(), holds.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let guard = service
+                    .acquire(&key, &options(30_000, 30_000))
+                    .await
+                    .unwrap();
+                let done = {
+                    let mut holds = holds.lock().unwrap();
+                    holds.push(guard.fencing_token());
+                    holds.longest_ended >= SEQUENCE || holds.tokens.len() > 4 * SEQUENCE
+                };
+                assert!(guard.release().await.unwrap());
+                if done {
+                    break;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let holds = std::mem::take(&mut *holds.lock().unwrap());
+    let tokens = &holds.tokens;
+    assert!(
+        tokens.windows(2).all(|w| w[1] > w[0]),
+        "tokens not increasing"
+    );
+    // A hold used up its sequence, and the lock was then taken again in the database
+    // with a larger token; no hold went beyond it.
+    assert_eq!(holds.longest_ended, SEQUENCE);
+    assert!(holds.current <= SEQUENCE);
+    client.database(&db).drop().await.unwrap();
+}

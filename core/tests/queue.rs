@@ -1,16 +1,19 @@
 //! The database's queue of waiting processes, against a real server with change
 //! streams (`MONGODB_URL`; the test scripts start a replica set).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, Document};
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
 use mongodb::Collection;
 use mongodb_resource_lock_core::{document, LockError, LockKey, LockService};
 use tokio::sync::Mutex;
 
 mod common;
-use common::{options, other_process, service};
+use common::{database_name, options, other_process, service};
 
 fn locks(client: &mongodb::Client, db: &str) -> Collection<Document> {
     client.database(db).collection(document::LOCKS_COLLECTION)
@@ -200,6 +203,69 @@ async fn a_local_streak_gives_way_to_a_queued_process() {
     assert!(
         order.windows(2).all(|w| w[1].2 > w[0].2),
         "tokens: {order:?}"
+    );
+    client.database(&db).drop().await.unwrap();
+}
+
+/// Counts the writes `client` sends to `db` from now on.
+fn count_writes(options: &mut mongodb::options::ClientOptions, db: &str) -> Arc<AtomicUsize> {
+    let writes = Arc::new(AtomicUsize::new(0));
+    let (counted, db) = (writes.clone(), db.to_owned());
+    let handler = move |event: CommandEvent| {
+        if let CommandEvent::Started(started) = event {
+            let write = ["insert", "update", "delete", "findAndModify"];
+            if started.db == db && write.contains(&started.command_name.as_str()) {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    };
+    options.command_event_handler = Some(EventHandler::callback(handler));
+    writes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_streak_with_nobody_else_queued_goes_on_without_writing() {
+    let db = database_name();
+    let url = std::env::var("MONGODB_URL").expect("MONGODB_URL must point at a test server");
+    let mut client_options = mongodb::options::ClientOptions::parse(&url).await.unwrap();
+    let writes = count_writes(&mut client_options, &db);
+    let client = mongodb::Client::with_options(client_options).unwrap();
+    let service = LockService::new(client.clone(), &db, None);
+    let key = LockKey::Str("streak".into());
+    let first = service
+        .acquire(&key, &options(5_000, 10_000))
+        .await
+        .unwrap();
+    let tokens = Arc::new(Mutex::new(vec![first.fencing_token()]));
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let (service, key, tokens) = (service.clone(), key.clone(), tokens.clone());
+        tasks.push(tokio::spawn(async move {
+            let guard = service
+                .acquire(&key, &options(30_000, 10_000))
+                .await
+                .unwrap();
+            tokens.lock().await.push(guard.fencing_token());
+            // Time for the look-ahead that the last holder of a streak starts.
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            assert!(guard.release().await.unwrap());
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = writes.load(Ordering::SeqCst);
+    assert!(first.release().await.unwrap());
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Three streaks of 8 ended on a read that found nobody queued: the only write is
+    // the last holder's delete. A streak end that asked with `pass_on` writes once more.
+    assert_eq!(writes.load(Ordering::SeqCst) - before, 1);
+    let tokens = tokens.lock().await.clone();
+    assert_eq!(tokens.len(), 25);
+    assert!(tokens.windows(2).all(|w| w[1] > w[0]), "tokens: {tokens:?}");
+    assert_eq!(
+        locks(&client, &db).count_documents(doc! {}).await.unwrap(),
+        0
     );
     client.database(&db).drop().await.unwrap();
 }

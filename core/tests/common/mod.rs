@@ -10,8 +10,13 @@ use tokio_util::sync::CancellationToken;
 pub async fn service() -> (Arc<LockService>, Client, String) {
     let url = std::env::var("MONGODB_URL").expect("MONGODB_URL must point at a test server");
     let client = Client::with_uri_str(&url).await.unwrap();
-    let db = format!("core_{}", uuid_like());
+    let db = database_name();
     (LockService::new(client.clone(), &db, None), client, db)
+}
+
+/// A database of its own for one test.
+pub fn database_name() -> String {
+    format!("core_{}", uuid_like())
 }
 
 /// Another service on the same database with a client of its own: it contends as
