@@ -196,15 +196,9 @@ fn stop_if_unused(inner: &Inner) -> bool {
 /// reach (a restart, a failover) is tried again every `REOPEN_DELAY` while anyone waits.
 async fn follow(inner: &Inner, locks: Collection<Document>) {
     loop {
-        let new_owner = format!("updateDescription.updatedFields.{OWNER}");
-        // Hex digits and a hyphen: nothing to escape in a regular expression.
-        let ours = format!("^{}", inner.owner_prefix);
         let opened = locks
             .watch()
-            .pipeline([doc! { "$match": { "$or": [
-                { "operationType": "delete" },
-                { "operationType": "update", new_owner: { "$regex": ours } },
-            ] } }])
+            .pipeline([events_for(&inner.owner_prefix)])
             .await;
         let mut stream = match opened {
             Ok(stream) => stream,
@@ -249,6 +243,29 @@ async fn follow(inner: &Inner, locks: Collection<Document>) {
     }
 }
 
+/// The stage that keeps the events a waiter of this service may wait for: deletions,
+/// and hand-overs to an owner id that starts with `prefix`.
+///
+/// The prefix is matched as a range of strings, not a `$regex`: the server evaluates
+/// the stage for every write, once per open stream, and a server may compile a regular
+/// expression each time (`secantusd-rs` does: a fifth of its CPU with 32 processes).
+fn events_for(prefix: &str) -> Document {
+    let new_owner = format!("updateDescription.updatedFields.{OWNER}");
+    doc! { "$match": { "$or": [
+        { "operationType": "delete" },
+        { "operationType": "update", new_owner: { "$gte": prefix, "$lt": prefix_end(prefix) } },
+    ] } }
+}
+
+/// The least string greater than every string that starts with `prefix`: `prefix`
+/// with its last character replaced by the next one. Owner prefixes end in `-`.
+fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix.to_owned();
+    let last = end.pop().expect("an owner prefix is not empty");
+    end.push(char::from_u32(last as u32 + 1).expect("an owner prefix ends in ASCII"));
+    end
+}
+
 /// What an event of the stream means to waiters, if anything.
 fn change(event: ChangeStreamEvent<Document>) -> Option<Change> {
     let doc_id = event.document_key?.get("_id")?.clone();
@@ -279,6 +296,19 @@ mod tests {
             "updateDescription": { "updatedFields": fields, "removedFields": [] },
         })
         .unwrap()
+    }
+
+    #[test]
+    fn the_prefix_range_holds_exactly_the_owner_ids_with_that_prefix() {
+        let prefix = "0123456789ab-";
+        let end = prefix_end(prefix);
+        let inside = |id: &str| prefix <= id && id < end.as_str();
+        assert!(inside("0123456789ab-"));
+        assert!(inside("0123456789ab-ffffffffffffffffffffffffffffffff"));
+        assert!(!inside("0123456789ab."));
+        assert!(!inside("0123456789ac-0"));
+        assert!(!inside("0123456789aa-f"));
+        assert!(!inside("0123456789ab"));
     }
 
     #[test]
