@@ -312,6 +312,17 @@ mod tests {
     }
 
     #[test]
+    fn a_feed_owns_the_ids_it_hands_out_and_no_other_feeds() {
+        let ours = ReleaseFeed::new(CancellationToken::new());
+        let theirs = ReleaseFeed::new(CancellationToken::new());
+        let prefix = ours.inner.owner_prefix.clone();
+        let end = prefix_end(&prefix);
+        let inside = |id: &str| prefix.as_str() <= id && id < end.as_str();
+        assert!((0..1_000).all(|_| inside(&ours.new_owner())));
+        assert!((0..1_000).all(|_| !inside(&theirs.new_owner())));
+    }
+
+    #[test]
     fn a_hand_over_carries_its_owner_lease_and_cluster_time() {
         let expiry = DateTime::from_millis(5_000);
         let event = update(doc! { OWNER: "b", LEASE_EXPIRES_AT: expiry });
