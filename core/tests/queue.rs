@@ -173,6 +173,57 @@ async fn a_lock_handed_to_a_vanished_waiter_is_taken_over_when_its_lease_ends() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_hand_over_that_the_server_reports_as_a_replacement_wakes_its_waiter() {
+    let (_, client, db) = service().await;
+    let locks = locks(&client, &db);
+    let key = LockKey::Str("replaced".into());
+    let in_a_minute = |ms| {
+        mongodb::bson::DateTime::from_millis(mongodb::bson::DateTime::now().timestamp_millis() + ms)
+    };
+    let gone = document::new_lock(
+        &key,
+        "gone",
+        Some((in_a_minute(60_000), in_a_minute(60_000))),
+    );
+    locks.insert_one(gone).await.unwrap();
+    let other = other_process(&db).await;
+    let waiter = tokio::spawn(async move {
+        let key = LockKey::Str("replaced".into());
+        let guard = other.acquire(&key, &options(10_000, 5_000)).await.unwrap();
+        let acquired = std::time::Instant::now();
+        assert!(guard.release().await.unwrap());
+        acquired
+    });
+    queued(&locks, "replaced", 1).await;
+    let found = locks
+        .find_one(doc! { "id": "replaced" })
+        .await
+        .unwrap()
+        .unwrap();
+    let ticket = found.get_array(document::QUEUE).unwrap()[0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // What MongoDB 4.4 makes of `pass_on`'s update pipeline: a whole new document.
+    let mut handed = document::new_lock(
+        &key,
+        &ticket,
+        Some((in_a_minute(5_000), in_a_minute(60_000))),
+    );
+    handed.insert("_id", found.get("_id").unwrap().clone());
+    let replaced = std::time::Instant::now();
+    locks
+        .replace_one(doc! { "id": "replaced" }, handed)
+        .await
+        .unwrap();
+    let acquired = waiter.await.unwrap();
+    // Without the stream the waiter would look again only at its 1 s safety poll.
+    let took = acquired.duration_since(replaced);
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_local_streak_gives_way_to_a_queued_process() {
     let (service, client, db) = service().await;
     let locks = locks(&client, &db);
@@ -207,59 +258,100 @@ async fn a_local_streak_gives_way_to_a_queued_process() {
     client.database(&db).drop().await.unwrap();
 }
 
-/// Counts the writes `client` sends to `db` from now on.
-fn count_writes(options: &mut mongodb::options::ClientOptions, db: &str) -> Arc<AtomicUsize> {
-    let writes = Arc::new(AtomicUsize::new(0));
-    let (counted, db) = (writes.clone(), db.to_owned());
-    let handler = move |event: CommandEvent| {
-        if let CommandEvent::Started(started) = event {
-            let write = ["insert", "update", "delete", "findAndModify"];
-            if started.db == db && write.contains(&started.command_name.as_str()) {
-                counted.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    };
-    options.command_event_handler = Some(EventHandler::callback(handler));
-    writes
+/// What a client sent to the server, counted by its command monitor.
+#[derive(Default)]
+struct Sent {
+    writes: AtomicUsize,
+    reads: AtomicUsize,
+    reads_answered: AtomicUsize,
 }
+
+impl Sent {
+    /// Counts what a client built from `client_options` sends to `db`.
+    fn count(client_options: &mut mongodb::options::ClientOptions, db: &str) -> Arc<Sent> {
+        let sent = Arc::new(Sent::default());
+        let (counted, db) = (sent.clone(), db.to_owned());
+        let handler = move |event: CommandEvent| match event {
+            CommandEvent::Started(started) if started.db == db => {
+                match started.command_name.as_str() {
+                    "insert" | "update" | "delete" | "findAndModify" => &counted.writes,
+                    "find" => &counted.reads,
+                    _ => return,
+                }
+                .fetch_add(1, Ordering::SeqCst);
+            }
+            CommandEvent::Succeeded(done) if done.command_name == "find" => {
+                counted.reads_answered.fetch_add(1, Ordering::SeqCst);
+            }
+            CommandEvent::Failed(done) if done.command_name == "find" => {
+                counted.reads_answered.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {}
+        };
+        client_options.command_event_handler = Some(EventHandler::callback(handler));
+        sent
+    }
+
+    /// Waits until `n` reads have been answered.
+    async fn reads_answered(&self, n: usize) {
+        while self.reads_answered.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// `MAX_LOCAL_HANDOVERS`: the local hand-overs in a row before other processes are
+/// asked about.
+const STREAK: usize = 8;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_local_streak_with_nobody_else_queued_goes_on_without_writing() {
     let db = database_name();
     let url = std::env::var("MONGODB_URL").expect("MONGODB_URL must point at a test server");
     let mut client_options = mongodb::options::ClientOptions::parse(&url).await.unwrap();
-    let writes = count_writes(&mut client_options, &db);
+    let sent = Sent::count(&mut client_options, &db);
     let client = mongodb::Client::with_options(client_options).unwrap();
     let service = LockService::new(client.clone(), &db, None);
     let key = LockKey::Str("streak".into());
-    let first = service
-        .acquire(&key, &options(5_000, 10_000))
-        .await
-        .unwrap();
+    // One lease for all holders (a holder asking for another one writes it), long
+    // enough that the keeper does not renew during the test.
+    let hold = options(30_000, 60_000);
+    let first = service.acquire(&key, &hold).await.unwrap();
     let tokens = Arc::new(Mutex::new(vec![first.fencing_token()]));
     let mut tasks = Vec::new();
     for _ in 0..24 {
-        let (service, key, tokens) = (service.clone(), key.clone(), tokens.clone());
+        let (service, key, hold) = (service.clone(), key.clone(), hold.clone());
+        let (tokens, sent) = (tokens.clone(), sent.clone());
         tasks.push(tokio::spawn(async move {
-            let guard = service
-                .acquire(&key, &options(30_000, 10_000))
-                .await
-                .unwrap();
-            tokens.lock().await.push(guard.fencing_token());
-            // Time for the look-ahead that the last holder of a streak starts.
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            let guard = service.acquire(&key, &hold).await.unwrap();
+            let turn = {
+                let mut tokens = tokens.lock().await;
+                tokens.push(guard.fencing_token());
+                tokens.len() - 1
+            };
+            // The last holder of a streak (`MAX_LOCAL_HANDOVERS`, 8) releases on the
+            // answer of a read started when it got the lock, as it does when it works
+            // longer than a read takes; on a slow server the test waits for the answer.
+            if turn % STREAK == 0 {
+                sent.reads_answered(turn / STREAK).await;
+            }
             assert!(guard.release().await.unwrap());
         }));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let before = writes.load(Ordering::SeqCst);
+    let (writes, reads) = (
+        sent.writes.load(Ordering::SeqCst),
+        sent.reads.load(Ordering::SeqCst),
+    );
     assert!(first.release().await.unwrap());
     for task in tasks {
         task.await.unwrap();
     }
-    // Three streaks of 8 ended on a read that found nobody queued: the only write is
-    // the last holder's delete. A streak end that asked with `pass_on` writes once more.
-    assert_eq!(writes.load(Ordering::SeqCst) - before, 1);
+    // Each of the two streak ends in 25 holders read that nobody else was queued, and
+    // the streak went on without a write; the only write is the last holder's delete.
+    // A streak end that asked with `pass_on` would have written once more.
+    assert_eq!(sent.reads.load(Ordering::SeqCst) - reads, 3);
+    assert_eq!(sent.writes.load(Ordering::SeqCst) - writes, 1);
     let tokens = tokens.lock().await.clone();
     assert_eq!(tokens.len(), 25);
     assert!(tokens.windows(2).all(|w| w[1] > w[0]), "tokens: {tokens:?}");
