@@ -563,7 +563,7 @@ impl LockStore {
                 doc! { ID: key.to_bson(), OWNER: owner },
                 document::hand_over(expiry, now),
             )
-            .projection(doc! { OWNER: 1, QUEUE: 1, CONTENDED: 1 })
+            .projection(passed_on_fields())
             .return_document(ReturnDocument::After)
             .await?;
         Ok(after.map_or(PassedOn::NotOurs, |d| passed_on(&d, owner)))
@@ -575,7 +575,7 @@ impl LockStore {
         let found = self
             .locks
             .find_one(doc! { ID: key.to_bson(), OWNER: owner })
-            .projection(doc! { OWNER: 1, QUEUE: 1, CONTENDED: 1 })
+            .projection(passed_on_fields())
             .await?;
         let nobody = PassedOn::NobodyQueued { contended: false };
         Ok(found.is_some_and(|d| passed_on(&d, owner) == nobody))
@@ -642,6 +642,11 @@ impl LockStore {
         self.release(key, owner, lease, true).await?;
         Ok(())
     }
+}
+
+/// The fields `passed_on` reads.
+fn passed_on_fields() -> Document {
+    doc! { OWNER: 1, QUEUE: 1, CONTENDED: 1 }
 }
 
 /// What `pass_on` did, read from the document after its update: the owner is no

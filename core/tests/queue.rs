@@ -13,7 +13,7 @@ use mongodb_resource_lock_core::{document, LockError, LockKey, LockService};
 use tokio::sync::Mutex;
 
 mod common;
-use common::{database_name, options, other_process, service};
+use common::{database_name, options, other_process, server_url, service};
 
 fn locks(client: &mongodb::Client, db: &str) -> Collection<Document> {
     client.database(db).collection(document::LOCKS_COLLECTION)
@@ -177,14 +177,10 @@ async fn a_hand_over_that_the_server_reports_as_a_replacement_wakes_its_waiter()
     let (_, client, db) = service().await;
     let locks = locks(&client, &db);
     let key = LockKey::Str("replaced".into());
-    let in_a_minute = |ms| {
+    let from_now = |ms| {
         mongodb::bson::DateTime::from_millis(mongodb::bson::DateTime::now().timestamp_millis() + ms)
     };
-    let gone = document::new_lock(
-        &key,
-        "gone",
-        Some((in_a_minute(60_000), in_a_minute(60_000))),
-    );
+    let gone = document::new_lock(&key, "gone", Some((from_now(60_000), from_now(60_000))));
     locks.insert_one(gone).await.unwrap();
     let other = other_process(&db).await;
     let waiter = tokio::spawn(async move {
@@ -205,11 +201,7 @@ async fn a_hand_over_that_the_server_reports_as_a_replacement_wakes_its_waiter()
         .unwrap()
         .to_owned();
     // What MongoDB 4.4 makes of `pass_on`'s update pipeline: a whole new document.
-    let mut handed = document::new_lock(
-        &key,
-        &ticket,
-        Some((in_a_minute(5_000), in_a_minute(60_000))),
-    );
+    let mut handed = document::new_lock(&key, &ticket, Some((from_now(5_000), from_now(60_000))));
     handed.insert("_id", found.get("_id").unwrap().clone());
     let replaced = std::time::Instant::now();
     locks
@@ -307,8 +299,9 @@ const STREAK: usize = 8;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_local_streak_with_nobody_else_queued_goes_on_without_writing() {
     let db = database_name();
-    let url = std::env::var("MONGODB_URL").expect("MONGODB_URL must point at a test server");
-    let mut client_options = mongodb::options::ClientOptions::parse(&url).await.unwrap();
+    let mut client_options = mongodb::options::ClientOptions::parse(server_url())
+        .await
+        .unwrap();
     let sent = Sent::count(&mut client_options, &db);
     let client = mongodb::Client::with_options(client_options).unwrap();
     let service = LockService::new(client.clone(), &db, None);
@@ -347,9 +340,10 @@ async fn a_local_streak_with_nobody_else_queued_goes_on_without_writing() {
     for task in tasks {
         task.await.unwrap();
     }
-    // Each of the two streak ends in 25 holders read that nobody else was queued, and
-    // the streak went on without a write; the only write is the last holder's delete.
-    // A streak end that asked with `pass_on` would have written once more.
+    // Holders 8, 16 and 24 each started a look-ahead read. At the two streak ends it
+    // served (8 and 16) it said nobody else was queued, and the streak went on without
+    // a write; holder 24 is the last, and its release is the only write, a delete. A
+    // streak end that asked with `pass_on` would have written once more.
     assert_eq!(sent.reads.load(Ordering::SeqCst) - reads, 3);
     assert_eq!(sent.writes.load(Ordering::SeqCst) - writes, 1);
     let tokens = tokens.lock().await.clone();

@@ -8,10 +8,14 @@ use mongodb_resource_lock_core::{AcquireOptions, HoldOptions, LockService};
 use tokio_util::sync::CancellationToken;
 
 pub async fn service() -> (Arc<LockService>, Client, String) {
-    let url = std::env::var("MONGODB_URL").expect("MONGODB_URL must point at a test server");
-    let client = Client::with_uri_str(&url).await.unwrap();
+    let client = Client::with_uri_str(server_url()).await.unwrap();
     let db = database_name();
     (LockService::new(client.clone(), &db, None), client, db)
+}
+
+/// The test server (`MONGODB_URL`).
+pub fn server_url() -> String {
+    std::env::var("MONGODB_URL").expect("MONGODB_URL must point at a test server")
 }
 
 /// A database of its own for one test.
@@ -23,8 +27,7 @@ pub fn database_name() -> String {
 /// another process does (own connection, own local queue, own change stream), so
 /// only the database keeps it and the first service apart.
 pub async fn other_process(db: &str) -> Arc<LockService> {
-    let url = std::env::var("MONGODB_URL").expect("MONGODB_URL must point at a test server");
-    let client = Client::with_uri_str(&url).await.unwrap();
+    let client = Client::with_uri_str(server_url()).await.unwrap();
     LockService::new(client, db, None)
 }
 
