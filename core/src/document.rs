@@ -98,8 +98,9 @@ pub fn take_or_enqueue(
 
 /// The update pipeline that passes a lock to the first ticket of its queue, if it has
 /// one and `now` is before its `PASSES_UNTIL`; else it leaves the document as it is.
-/// One write, whatever the number of tickets.
-pub fn hand_over(lease_expires_at: DateTime, now: DateTime) -> Vec<Document> {
+/// One write, whatever the number of tickets. When it passes the lock on, `rejoin`
+/// (the releaser's next owner id) takes the last place in the queue.
+pub fn hand_over(lease_expires_at: DateTime, now: DateTime, rejoin: Option<&str>) -> Vec<Document> {
     let queue = format!("${QUEUE}");
     let handing = doc! { "$and": [
         { "$gt": [{ "$size": { "$ifNull": [&queue, []] } }, 0] },
@@ -108,9 +109,14 @@ pub fn hand_over(lease_expires_at: DateTime, now: DateTime) -> Vec<Document> {
     let now = now_millis();
     let either =
         |then: Bson, field: &str| doc! { "$cond": [handing.clone(), then, format!("${field}")] };
+    let rest = doc! { "$slice": [&queue, 1, i32::MAX] };
+    let rest = match rejoin {
+        Some(owner) => doc! { "$concatArrays": [rest, [owner]] },
+        None => rest,
+    };
     vec![doc! { "$set": {
         OWNER: either(doc! { "$arrayElemAt": [&queue, 0] }.into(), OWNER),
-        QUEUE: either(doc! { "$slice": [&queue, 1, i32::MAX] }.into(), QUEUE),
+        QUEUE: either(rest.into(), QUEUE),
         LEASE_EXPIRES_AT: either(lease_expires_at.into(), LEASE_EXPIRES_AT),
         LOCKED_AT: either(Bson::Double(now as f64), LOCKED_AT),
         "_meta_data.updated_at": either(millis_timestamp(now).into(), "_meta_data.updated_at"),
