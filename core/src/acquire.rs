@@ -14,8 +14,9 @@ use crate::guard::{DbHold, LockGuard};
 use crate::key::LockKey;
 use crate::lease::HoldOptions;
 use crate::local_queue::LocalTurn;
+use crate::rejoin::{self, Taken};
 use crate::release_feed::{HandOver, Subscription, Wake};
-use crate::shared::Shared;
+use crate::shared::{Shared, Ticket};
 use crate::store::{Blocker, Held, Queued, AFTER_DELETE};
 
 #[derive(Debug, Clone)]
@@ -54,7 +55,7 @@ pub(crate) async fn acquire(
         let _ = hold.end().await;
         turn.restart_streak();
     }
-    let owner = shared.feed.new_owner();
+    turn.note_return();
     if let Some(until) = turn.yielding_until() {
         wait.interruptible(async {
             tokio::time::sleep_until(until.min(wait.deadline)).await;
@@ -62,7 +63,17 @@ pub(crate) async fn acquire(
         })
         .await?;
     }
-    let held = wait.in_database(&owner).await?;
+    // A single attempt cannot wait for its place; the place is given up unused.
+    let taken = if options.wait_timeout.is_zero() {
+        None
+    } else {
+        turn.take_reserved().and_then(rejoin::take)
+    };
+    let owner = match &taken {
+        Some(taken) => taken.owner.clone(),
+        None => shared.feed.new_owner(),
+    };
+    let held = wait.in_database(&owner, taken).await?;
     Ok(wait.guard(held, turn))
 }
 
@@ -142,10 +153,11 @@ impl Wait<'_> {
             .await;
         if let Err(LockError::Aborted | LockError::Closed | LockError::WaitTimeout) = &joined {
             let (shared, key, owner) = (self.shared.clone(), self.key.clone(), owner.to_owned());
-            let lease = self.options.hold.lease;
+            let (lease, ticket) = (self.options.hold.lease, self.shared.ticket());
             tokio::spawn(async move {
                 let _ = task.await;
                 let _ = shared.store.give_up(&key, &owner, lease).await;
+                drop(ticket);
             });
         }
         joined
@@ -153,11 +165,12 @@ impl Wait<'_> {
 
     /// Leaves the queue in the background after giving up, releasing the lock if it
     /// was handed to us in the meantime.
-    fn leave_queue(&self, owner: &str) {
+    fn leave_queue(&self, owner: &str, ticket: Ticket) {
         let (shared, key, owner) = (self.shared.clone(), self.key.clone(), owner.to_owned());
         let lease = self.options.hold.lease;
         tokio::spawn(async move {
             let _ = shared.store.give_up(&key, &owner, lease).await;
+            drop(ticket);
         });
     }
 
@@ -213,41 +226,41 @@ impl Wait<'_> {
     /// Tries until the lock is ours. Where the change stream runs, the waiter joins
     /// the lock's queue and is woken when the lock is handed to it or deleted; where it
     /// does not, it polls. Either way it takes the lock over once its lease has passed.
-    async fn in_database(&self, owner: &str) -> Result<Held> {
-        let mut queued = false;
-        let held = self.attempts(owner, &mut queued).await;
+    /// A caller that took a place a release reserved (`rejoin.rs`) starts out queued.
+    async fn in_database(&self, owner: &str, taken: Option<Taken>) -> Result<Held> {
+        let ticket = self.shared.ticket();
+        let mut queued = taken.is_some();
+        let held = self.attempts(owner, &mut queued, taken).await;
         if held.is_err() && queued {
-            self.leave_queue(owner);
+            self.leave_queue(owner, ticket);
         }
         held
     }
 
-    async fn attempts(&self, owner: &str, queued: &mut bool) -> Result<Held> {
+    async fn attempts(
+        &self,
+        owner: &str,
+        queued: &mut bool,
+        mut taken: Option<Taken>,
+    ) -> Result<Held> {
         let mut backoff = Backoff::new(self.options.retry_interval);
         let mut subscription = None;
         loop {
             // The turn may have come because `close()` ended the hold before us.
             self.interrupted()?;
-            if !self.may_queue(&mut subscription).await? {
-                if let Some(held) = self.insert(owner).await? {
-                    return Ok(held);
+            let blocker = match taken.take() {
+                Some(taken) => {
+                    subscription = Some(taken.releases);
+                    taken.blocker
                 }
-                if self.options.wait_timeout.is_zero() {
-                    return self.last_attempt(owner).await;
-                }
-                // Only now, with somebody in the way, is the release feed worth its cost.
-                if subscription.is_none() {
-                    subscription = Some(self.subscribe().await?);
-                }
-            }
-            let releases = subscription.as_mut().expect("subscribed above");
-            *queued |= releases.live;
-            let blocker = match self.in_the_way(releases.live, owner).await? {
-                InTheWay::Lock(blocker) => blocker,
-                InTheWay::Ours(held) => return Ok(held),
-                // Released between our insert and our look: try again at once.
-                InTheWay::Nothing => continue,
+                None => match self.look(owner, queued, &mut subscription).await? {
+                    InTheWay::Lock(blocker) => blocker,
+                    InTheWay::Ours(held) => return Ok(held),
+                    // Released between our insert and our look: try again at once.
+                    InTheWay::Nothing => continue,
+                },
             };
+            let releases = subscription.as_mut().expect("subscribed before");
             if let Some(held) = self.take_over(&blocker, owner).await? {
                 return Ok(held);
             }
@@ -258,6 +271,31 @@ impl Wait<'_> {
                 }
             }
         }
+    }
+
+    /// Inserts, or queues where this waiter can hear its turn come: the lock in the
+    /// way, or the lock itself.
+    async fn look(
+        &self,
+        owner: &str,
+        queued: &mut bool,
+        subscription: &mut Option<Subscription>,
+    ) -> Result<InTheWay> {
+        if !self.may_queue(subscription).await? {
+            if let Some(held) = self.insert(owner).await? {
+                return Ok(InTheWay::Ours(held));
+            }
+            if self.options.wait_timeout.is_zero() {
+                return self.last_attempt(owner).await.map(InTheWay::Ours);
+            }
+            // Only now, with somebody in the way, is the release feed worth its cost.
+            if subscription.is_none() {
+                *subscription = Some(self.subscribe().await?);
+            }
+        }
+        let live = subscription.as_ref().is_some_and(|s| s.live);
+        *queued |= live;
+        self.in_the_way(live, owner).await
     }
 
     async fn subscribe(&self) -> Result<Subscription> {

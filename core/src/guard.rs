@@ -23,6 +23,7 @@ use crate::error::{LockError, Result};
 use crate::key::LockKey;
 use crate::lease::{HoldOptions, KeeperHandle, Work};
 use crate::local_queue::LocalTurn;
+use crate::rejoin::{self, Place};
 use crate::shared::Shared;
 use crate::store::{Held, PassedOn, Released};
 
@@ -100,6 +101,16 @@ impl DbHold {
         store.release(key, owner, lease, self.queued_behind).await
     }
 
+    /// `end`, for a process that will want the lock again: when the lock is passed
+    /// on, this process queues again in the same write, and the place is returned.
+    async fn end_rejoining(&self) -> Result<(Released, Option<Place>)> {
+        self.keeper.stop();
+        let (key, owner, lease) = (&self.key, &self.owner, self.lease());
+        let (passed, place) = rejoin::pass_on(&self.shared, key, owner, lease).await?;
+        let store = &self.shared.store;
+        Ok((store.release_after(key, owner, passed).await?, place))
+    }
+
     /// Ends a release that `pass_on` did not finish.
     async fn end_after(&self, passed: PassedOn) -> Result<Released> {
         self.keeper.stop();
@@ -107,18 +118,16 @@ impl DbHold {
         store.release_after(&self.key, &self.owner, passed).await
     }
 
-    /// Passes the lock to the next process in its queue, if any; the keeper goes on
-    /// unless it was passed on.
-    async fn pass_on(&self) -> Result<PassedOn> {
-        let passed = self
-            .shared
-            .store
-            .pass_on(&self.key, &self.owner, self.lease())
-            .await;
-        if matches!(passed, Ok(PassedOn::HandedOver)) {
+    /// Passes the lock to the next process in its queue, if any, queueing this
+    /// process again in the same write for its waiting callers (the place is
+    /// returned); the keeper goes on unless the lock was passed on.
+    async fn pass_on(&self) -> Result<(PassedOn, Option<Place>)> {
+        let (key, owner, lease) = (&self.key, &self.owner, self.lease());
+        let passed = rejoin::pass_on(&self.shared, key, owner, lease).await?;
+        if passed.0 == PassedOn::HandedOver {
             self.keeper.stop();
         }
-        passed
+        Ok(passed)
     }
 
     /// Starts asking whether another process is queued for the lock, so that the
@@ -311,34 +320,58 @@ impl Drop for LockGuard {
 }
 
 async fn release(hold: Arc<DbHold>, turn: Option<LocalTurn>, hand_over: bool) -> Result<bool> {
-    let Some(mut turn) = turn else {
+    let Some(turn) = turn else {
         return Ok(hold.end().await? != Released::NotOurs);
     };
-    if hand_over && !hold.shared.is_closed() && turn.has_waiters() && hold.sequence_left() {
+    let open = hand_over && !hold.shared.is_closed();
+    if open && turn.has_waiters() && hold.sequence_left() {
         if turn.streak_used_up() {
-            // Other processes' turn first, if any is queued; else ours goes on. The
-            // look-ahead usually knows already; if not, `pass_on` asks.
-            let passed = if hold.nobody_queued() {
-                PassedOn::NobodyQueued { contended: false }
-            } else {
-                hold.pass_on().await?
-            };
-            match passed {
-                PassedOn::NobodyQueued { contended: false } => turn.restart_streak(),
-                PassedOn::HandedOver => return Ok(released(&hold, turn, Released::HandedOver)),
-                PassedOn::NotOurs => return Ok(released(&hold, turn, Released::NotOurs)),
-                // Another process must get its chance: delete, without asking again.
-                passed @ (PassedOn::NobodyQueued { contended: true } | PassedOn::Capped) => {
-                    let ended = hold.end_after(passed).await?;
-                    return Ok(released(&hold, turn, ended));
-                }
-            }
+            return end_streak(hold, turn).await;
         }
         return hand_over_locally(hold, turn).await;
     }
-    let ended = hold.end().await;
-    let released = released(&hold, turn, *ended.as_ref().unwrap_or(&Released::Free));
-    ended.map(|_| released)
+    release_in_database(hold, turn, open).await
+}
+
+/// After `MAX_LOCAL_HANDOVERS` in a row, other processes' turn first, if any is
+/// queued; else ours goes on. The look-ahead usually knows already; if not,
+/// `pass_on` asks.
+async fn end_streak(hold: Arc<DbHold>, mut turn: LocalTurn) -> Result<bool> {
+    let (passed, place) = if hold.nobody_queued() {
+        (PassedOn::NobodyQueued { contended: false }, None)
+    } else {
+        hold.pass_on().await?
+    };
+    let ended = match passed {
+        PassedOn::NobodyQueued { contended: false } => {
+            turn.restart_streak();
+            return hand_over_locally(hold, turn).await;
+        }
+        PassedOn::HandedOver => Released::HandedOver,
+        PassedOn::NotOurs => Released::NotOurs,
+        // Another process must get its chance: delete, without asking again.
+        passed @ (PassedOn::NobodyQueued { contended: true } | PassedOn::Capped) => {
+            hold.end_after(passed).await?
+        }
+    };
+    Ok(released(&hold, turn, ended, place))
+}
+
+/// Releases the lock in the database; a process that will probably want it again
+/// queues again with the hand-over (`rejoin.rs`).
+async fn release_in_database(hold: Arc<DbHold>, turn: LocalTurn, open: bool) -> Result<bool> {
+    let ended = if open && hold.queued_behind && turn.will_return() {
+        hold.end_rejoining().await
+    } else {
+        hold.end().await.map(|ended| (ended, None))
+    };
+    match ended {
+        Ok((ended, place)) => Ok(released(&hold, turn, ended, place)),
+        Err(e) => {
+            released(&hold, turn, Released::Free, None);
+            Err(e)
+        }
+    }
 }
 
 /// Leaves the lock to the next waiter of this process.
@@ -358,10 +391,15 @@ async fn hand_over_locally(hold: Arc<DbHold>, turn: LocalTurn) -> Result<bool> {
 
 /// Ends the turn after the lock left this process; after a contended release, the
 /// next local attempt waits a moment so that the other process's waiter gets it.
-fn released(hold: &DbHold, mut turn: LocalTurn, how: Released) -> bool {
+/// A place the release took in the queue is kept for the next local caller.
+fn released(hold: &DbHold, mut turn: LocalTurn, how: Released, place: Option<Place>) -> bool {
     let contended = how == Released::Contended;
-    turn.released(contended.then(|| hold.shared.store.yield_window()));
-    drop(turn);
+    let yield_for = contended.then(|| hold.shared.store.yield_window());
+    turn.released(yield_for, how == Released::HandedOver);
+    match place {
+        Some(place) => rejoin::keep(place, turn, &hold.shared, &hold.key, hold.lease()),
+        None => drop(turn),
+    }
     hold.shared.queues.tidy(&hold.key);
     how != Released::NotOurs
 }

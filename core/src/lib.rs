@@ -11,6 +11,7 @@ mod guard;
 mod key;
 mod lease;
 mod local_queue;
+mod rejoin;
 mod release_feed;
 mod server_clock;
 mod shared;
@@ -135,11 +136,27 @@ impl LockService {
         acquire::acquire(&self.shared, key, options).await
     }
 
+    /// Whether a ticket of this service may be in a lock's queue: of a waiter, of a
+    /// place kept for the next caller (`rejoin.rs`), or one leaving in the background.
+    pub fn has_tickets(&self) -> bool {
+        self.shared.has_tickets()
+    }
+
+    /// Resolves when no ticket of this service is in a queue.
+    pub async fn no_tickets(&self) {
+        self.shared.no_tickets().await
+    }
+
     /// Stops every waiter and holder, waits (up to `CLOSE_GRACE`) for the holders'
-    /// locks to be released, then disconnects.
+    /// locks to be released and the tickets of this service to leave their queues,
+    /// then disconnects.
     pub async fn close(&self) {
         self.shared.close();
-        let _ = tokio::time::timeout(CLOSE_GRACE, self.shared.no_holds()).await;
+        let settled = async {
+            self.shared.no_holds().await;
+            self.shared.no_tickets().await;
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, settled).await;
         self.client.clone().shutdown().immediate(true).await;
     }
 }

@@ -20,6 +20,17 @@ pub const MAX_LOCAL_HANDOVERS: u32 = 8;
 /// (`guard::DbHold`). Opaque here, so that this queue depends on nothing of the locks.
 pub type Inherited = Box<dyn Any + Send>;
 
+/// A place in the database's queue that a release took for this process's next caller
+/// (`rejoin.rs`), under the owner id it names. Opaque here, as `Inherited` is.
+pub struct Reserved {
+    pub owner: String,
+    pub place: Box<dyn Any + Send>,
+}
+
+/// A process that took a key again within this long after passing it to another
+/// process will probably do so again: its next hand-over also queues it again.
+pub const REJOIN_WINDOW: Duration = Duration::from_millis(50);
+
 #[derive(Default)]
 pub struct SlotState {
     inherited: Option<Inherited>,
@@ -28,11 +39,20 @@ pub struct SlotState {
     /// After releasing a lock that another process waited for, this process's next
     /// attempt waits until then, so that the waiter gets its turn.
     yield_until: Option<Instant>,
+    /// When this process last passed the key to another process's waiter.
+    handed_on_at: Option<Instant>,
+    /// Whether the current holder took the key within `REJOIN_WINDOW` of that.
+    returning: bool,
 }
 
 impl SlotState {
     fn yielding(&self) -> bool {
         self.yield_until.is_some_and(|t| t > Instant::now())
+    }
+
+    fn recently_handed_on(&self) -> bool {
+        self.handed_on_at
+            .is_some_and(|t| t.elapsed() <= REJOIN_WINDOW)
     }
 }
 
@@ -62,10 +82,25 @@ impl KeySlot {
     /// Nobody uses the slot and it remembers nothing that matters.
     fn idle(self: &Arc<Self>) -> bool {
         Arc::strong_count(self) == 1
-            && self
-                .state
-                .try_lock()
-                .is_ok_and(|state| state.inherited.is_none() && !state.yielding())
+            && self.lock_reserved().is_none()
+            && self.state.try_lock().is_ok_and(|state| {
+                state.inherited.is_none() && !state.yielding() && !state.recently_handed_on()
+            })
+    }
+
+    fn lock_reserved(&self) -> std::sync::MutexGuard<'_, Option<Reserved>> {
+        self.reserved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes back the place reserved for `owner` if no caller took it: `false` when
+    /// one did.
+    pub fn abandon(&self, owner: &str) -> bool {
+        let mut reserved = self.lock_reserved();
+        if reserved.as_ref().is_some_and(|r| r.owner == owner) {
+            *reserved = None;
+            return true;
+        }
+        false
     }
 
     /// Takes back a lock left for a local waiter when no waiter took its turn.
@@ -80,6 +115,9 @@ pub struct KeySlot {
     /// tokio's mutex queues waiters in FIFO order and passes the guard to the first.
     state: Arc<FairMutex<SlotState>>,
     waiting: AtomicUsize,
+    /// Outside `state`, so that a place nobody takes can be given up while another
+    /// caller has the turn.
+    reserved: Mutex<Option<Reserved>>,
 }
 
 /// The local turn of one caller: holding it means being the head of the key's queue.
@@ -113,6 +151,32 @@ impl LocalTurn {
         self.slot
     }
 
+    /// The place in the database's queue that a release reserved for us, if any.
+    pub fn take_reserved(&mut self) -> Option<Reserved> {
+        self.slot.lock_reserved().take()
+    }
+
+    /// Notes whether this caller took the key soon after this process passed it to
+    /// another process.
+    pub fn note_return(&mut self) {
+        let state = &mut *self.state;
+        state.returning = state.recently_handed_on();
+    }
+
+    /// Whether this process will probably want the key again soon after releasing it:
+    /// another caller waits for it, or this one came back quickly last time.
+    pub fn will_return(&self) -> bool {
+        self.state.returning || self.has_waiters()
+    }
+
+    /// Keeps the place that the release of this turn took for the next caller.
+    /// Returns the slot, to give the place up if no caller takes it, and the place it
+    /// replaces, if an older one was still kept.
+    pub fn reserve(self, reserved: Reserved) -> (Arc<KeySlot>, Option<Reserved>) {
+        let replaced = self.slot.lock_reserved().replace(reserved);
+        (self.slot.clone(), replaced)
+    }
+
     /// The lock the previous local holder left for us, if any.
     pub fn inherit(&mut self) -> Option<Inherited> {
         self.state.inherited.take()
@@ -126,9 +190,10 @@ impl LocalTurn {
 
     /// The key was released in the database; after a contended release, this process
     /// lets other processes try first for `yield_for`.
-    pub fn released(&mut self, yield_for: Option<Duration>) {
+    pub fn released(&mut self, yield_for: Option<Duration>, handed_on: bool) {
         self.state.streak = 0;
         self.state.yield_until = yield_for.map(|d| Instant::now() + d);
+        self.state.handed_on_at = handed_on.then(Instant::now);
     }
 
     /// Until when this process should let other processes try first, if at all.
@@ -172,6 +237,7 @@ impl LocalQueues {
                 Arc::new(KeySlot {
                     state: Arc::new(FairMutex::new(SlotState::default())),
                     waiting: AtomicUsize::new(0),
+                    reserved: Mutex::default(),
                 })
             })
             .clone()
@@ -248,6 +314,28 @@ mod tests {
             "{} slots, pruned at {at}",
             count(&queues)
         );
+    }
+
+    #[tokio::test]
+    async fn a_reserved_place_goes_to_one_taker_and_a_newer_one_replaces_it() {
+        let queues = LocalQueues::default();
+        let slot = queues.slot(&LockKey::Num(2.0));
+        let place = |owner: &str| Reserved {
+            owner: owner.into(),
+            place: Box::new(()),
+        };
+        let (_, replaced) = slot.turn().await.reserve(place("first"));
+        assert!(replaced.is_none());
+        let (_, replaced) = slot.turn().await.reserve(place("second"));
+        // The older place comes back, to be given up; its watch finds it gone.
+        assert_eq!(replaced.map(|r| r.owner), Some("first".into()));
+        assert!(!slot.abandon("first"));
+        let taken = slot.turn().await.take_reserved().map(|r| r.owner);
+        assert_eq!(taken, Some("second".into()));
+        assert!(!slot.abandon("second"), "taken, not to be given up");
+        let (_, _) = slot.turn().await.reserve(place("third"));
+        assert!(slot.abandon("third"));
+        assert!(slot.turn().await.take_reserved().is_none());
     }
 
     #[tokio::test]

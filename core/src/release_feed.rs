@@ -91,6 +91,14 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// A second view of the feed, from now on.
+    pub fn again(&self) -> Subscription {
+        Subscription {
+            released: self.released.resubscribe(),
+            live: self.live,
+        }
+    }
+
     /// Resolves when the document `doc_id` is deleted or handed to `owner` (or events
     /// were lost, in which case waking once too often is the safe side).
     pub async fn wake(&mut self, doc_id: &Bson, owner: &str) -> Wake {
@@ -146,6 +154,15 @@ impl ReleaseFeed {
             self.inner.owner_prefix,
             uuid::Uuid::new_v4().simple()
         )
+    }
+
+    /// Subscribes to releases if the stream is live now, without waiting.
+    pub fn subscribe_if_live(&self) -> Option<Subscription> {
+        let released = self.inner.released.subscribe();
+        self.is_live().then_some(Subscription {
+            released,
+            live: true,
+        })
     }
 
     /// Subscribes to releases, opening the stream if it is not open.

@@ -3,6 +3,7 @@
 //! reaches back into the service itself.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -20,6 +21,22 @@ pub(crate) struct Shared {
     /// The owners of the locks held right now through guards; `close()` waits for
     /// their release before disconnecting.
     holds: watch::Sender<HashSet<String>>,
+    /// This service's tickets that may be in a lock's queue: of waiters in the
+    /// database, of places kept for a next caller (`rejoin.rs`), and of those leaving a
+    /// queue in the background. `close()` waits for them too, and the binding keeps
+    /// the process alive while there are any, so that no ticket outlives the service:
+    /// a ticket the lock reached with nobody to take it would hold everyone up for a
+    /// lease.
+    tickets: Arc<watch::Sender<usize>>,
+}
+
+/// One ticket that may be in a queue, counted until it is dropped.
+pub(crate) struct Ticket(Arc<watch::Sender<usize>>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 impl Shared {
@@ -31,6 +48,7 @@ impl Shared {
             queues: LocalQueues::default(),
             closed,
             holds: watch::channel(HashSet::new()).0,
+            tickets: Arc::new(watch::channel(0).0),
         }
     }
 
@@ -81,5 +99,20 @@ impl Shared {
             .subscribe()
             .wait_for(|holds| holds.is_empty())
             .await;
+    }
+
+    /// Counts a ticket that may be in a queue until the result is dropped.
+    pub fn ticket(&self) -> Ticket {
+        self.tickets.send_modify(|n| *n += 1);
+        Ticket(self.tickets.clone())
+    }
+
+    pub fn has_tickets(&self) -> bool {
+        *self.tickets.borrow() > 0
+    }
+
+    /// Resolves when no `ticket` is counted.
+    pub async fn no_tickets(&self) {
+        let _ = self.tickets.subscribe().wait_for(|n| *n == 0).await;
     }
 }

@@ -86,13 +86,19 @@ async fn waiters_exclude_each_other_and_all_get_a_turn() {
         t.await.unwrap();
     }
     assert_eq!(turns.load(Ordering::SeqCst), 18);
-    let left = client
+    // A last release may have queued its process again for a turn that never comes;
+    // that place goes within moments, long before the 5 s lease would end.
+    let locks = client
         .database(&db)
-        .collection::<Document>(document::LOCKS_COLLECTION)
-        .count_documents(doc! {})
-        .await
-        .unwrap();
-    assert_eq!(left, 0, "no lock may stay behind");
+        .collection::<Document>(document::LOCKS_COLLECTION);
+    let since = std::time::Instant::now();
+    while locks.count_documents(doc! {}).await.unwrap() > 0 {
+        assert!(
+            since.elapsed() < Duration::from_secs(3),
+            "no lock may stay behind"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     client.database(&db).drop().await.unwrap();
 }
 

@@ -9,7 +9,9 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::event::command::CommandEvent;
 use mongodb::event::EventHandler;
 use mongodb::Collection;
-use mongodb_resource_lock_core::{document, LockError, LockKey, LockService};
+use mongodb_resource_lock_core::{
+    document, AcquireOptions, LockError, LockGuard, LockKey, LockService,
+};
 use tokio::sync::Mutex;
 
 mod common;
@@ -411,5 +413,115 @@ async fn a_lock_passed_on_for_long_is_deleted_once_so_others_can_insert() {
     // Deleted despite the queue; the waiter then inserted a new document.
     let (_, id, _) = order.lock().await[0].clone();
     assert_ne!(&id, first.get("_id").unwrap());
+    client.database(&db).drop().await.unwrap();
+}
+
+/// Two processes, `a` and `b`, take turns on `key` until `a` has come back quickly
+/// after passing the lock to `b` and passes it to `b` again: `a`'s release then holds
+/// a place in the queue for `a`'s next caller. Returns `b`'s guard, with `a`'s place
+/// queued behind it.
+async fn handed_on_with_a_place(
+    a: &Arc<LockService>,
+    b: &Arc<LockService>,
+    locks: &Collection<Document>,
+    name: &str,
+    hold: &AcquireOptions,
+) -> LockGuard {
+    let key = &LockKey::Str(name.into());
+    let acquire = |service: &Arc<LockService>| {
+        let (service, key, hold) = (service.clone(), key.clone(), hold.clone());
+        tokio::spawn(async move { service.acquire(&key, &hold).await.unwrap() })
+    };
+    let first = a.acquire(key, hold).await.unwrap();
+    keep_passing(locks, name).await;
+    let b_waits = acquire(b);
+    queued(locks, name, 1).await;
+    assert!(first.release().await.unwrap());
+    let a_waits = acquire(a);
+    queued(locks, name, 1).await;
+    assert!(b_waits.await.unwrap().release().await.unwrap());
+    let second = a_waits.await.unwrap();
+    let b_waits = acquire(b);
+    queued(locks, name, 1).await;
+    // `a` came back within the window after its first hand-over: this release
+    // queues it again in the same write.
+    assert!(second.release().await.unwrap());
+    assert_eq!(tickets(locks, name).await, 1, "a's place behind b");
+    b_waits.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_that_comes_back_at_once_takes_its_place_without_writing() {
+    let db = database_name();
+    let mut client_options = mongodb::options::ClientOptions::parse(server_url())
+        .await
+        .unwrap();
+    let sent = Sent::count(&mut client_options, &db);
+    let client = mongodb::Client::with_options(client_options).unwrap();
+    let a = LockService::new(client.clone(), &db, None);
+    let b = other_process(&db).await;
+    let locks = locks(&client, &db);
+    let (key, hold) = (LockKey::Str("rejoin".into()), options(5_000, 30_000));
+    let b_holds = handed_on_with_a_place(&a, &b, &locks, "rejoin", &hold).await;
+    let writes = sent.writes.load(Ordering::SeqCst);
+    let a_waits = {
+        let (a, key, hold) = (a.clone(), key.clone(), hold.clone());
+        tokio::spawn(async move { a.acquire(&key, &hold).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let b_token = b_holds.fencing_token();
+    assert!(b_holds.release().await.unwrap());
+    let a_holds = a_waits.await.unwrap();
+    // Waiting in the place its release took, and taking the lock from the change
+    // stream's event: no write of `a` since. Joining the queue would have been one.
+    assert_eq!(sent.writes.load(Ordering::SeqCst), writes);
+    assert!(a_holds.fencing_token() > b_token);
+    assert!(a_holds.release().await.unwrap());
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_place_that_no_caller_takes_is_given_up() {
+    let (a, client, db) = service().await;
+    let b = other_process(&db).await;
+    let locks = locks(&client, &db);
+    let hold = options(5_000, 30_000);
+    let b_holds = handed_on_with_a_place(&a, &b, &locks, "rejoin", &hold).await;
+    // `a` does not come back (`REJOIN_WINDOW`, 50 ms).
+    queued(&locks, "rejoin", 0).await;
+    assert!(b_holds.release().await.unwrap());
+    assert_eq!(locks.count_documents(doc! {}).await.unwrap(), 0);
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_that_reaches_a_place_no_caller_took_goes_on_at_once() {
+    let (a, client, db) = service().await;
+    let b = other_process(&db).await;
+    let locks = locks(&client, &db);
+    let (key, hold) = (LockKey::Str("rejoin".into()), options(5_000, 30_000));
+    let b_holds = handed_on_with_a_place(&a, &b, &locks, "rejoin", &hold).await;
+    // Passed on to `a`'s place before `a`'s window ends, with nobody there to take it:
+    // the lock must not wait out its 30 s lease.
+    assert!(b_holds.release().await.unwrap());
+    let c = other_process(&db).await;
+    let started = std::time::Instant::now();
+    let c_holds = c.acquire(&key, &options(3_000, 30_000)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(c_holds.release().await.unwrap());
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_gives_up_a_reserved_place_before_it_returns() {
+    let (_, client, db) = service().await;
+    let (a, b) = (other_process(&db).await, other_process(&db).await);
+    let locks = locks(&client, &db);
+    let hold = options(5_000, 30_000);
+    let b_holds = handed_on_with_a_place(&a, &b, &locks, "rejoin", &hold).await;
+    a.close().await;
+    assert_eq!(tickets(&locks, "rejoin").await, 0);
+    assert!(b_holds.release().await.unwrap());
+    assert_eq!(locks.count_documents(doc! {}).await.unwrap(), 0);
     client.database(&db).drop().await.unwrap();
 }
