@@ -2,10 +2,16 @@
 // wake-ups, polling with backoff where there are no change streams, and fair turns
 // between processes (each ResourceLock has its own connection, queue and stream, so
 // two of them contend exactly as two processes do).
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import test from 'ava'
 import { MongoClient } from 'mongodb'
 import { startServer } from '../scripts/test-server.mjs'
-import { ResourceLock, addonLock, deferred, freshDatabase, sleep } from './helpers.mjs'
+import { ResourceLock, addonLock, deferred, freshDatabase, sleep, url } from './helpers.mjs'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
 
 test('local waiters get the lock in the order they asked for it', async (t) => {
   const { name } = await freshDatabase(t)
@@ -117,4 +123,26 @@ test('two processes on one key both get turns', async (t) => {
   const total = turns.a + turns.b
   t.true(turns.a > 0 && turns.b > 0, `turns ${JSON.stringify(turns)}`)
   t.true(Math.min(turns.a, turns.b) >= total * 0.2, `turns ${JSON.stringify(turns)}`)
+})
+
+test('a process that stops after taking turns gives up its place in the queue before it exits', async (t) => {
+  // The child comes back at once after each release, so each hand-over to this
+  // process also queues it again for its next call. After its last call it ends
+  // without close(): the place its last release took must not outlive it, or this
+  // process's next release would hand the lock to nobody, for a whole lease (5 s).
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const child = spawn(process.execPath, [path.join(here, 'fixtures', 'take-turns-and-exit.mjs'), name, 'turns', '40'], {
+    env: { ...process.env, MONGODB_URL: url }, stdio: 'inherit'
+  })
+  let childDone = false
+  const exited = once(child, 'exit').then(([code]) => { childDone = true; return code })
+  const waits = []
+  for (let after = 0; after < 20; after += childDone ? 1 : 0) {
+    const asked = Date.now()
+    await lock.doWhileLocked(['turns'], () => sleep(2), { waitTimeout: 20_000 })
+    waits.push(Date.now() - asked)
+  }
+  t.is(await exited, 0)
+  t.true(Math.max(...waits) < 2_500, `waits (ms): ${waits}`)
 })

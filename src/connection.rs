@@ -17,6 +17,10 @@ use tokio::sync::{watch, OnceCell};
 
 use crate::node_client::NodeClientSettings;
 
+/// The longest a process is kept alive for tickets leaving queues: what a ticket left
+/// behind costs the others is a lease, of which this is the default.
+const KEEP_ALIVE_FOR_TICKETS: Duration = Duration::from_secs(5);
+
 pub enum Source {
     Url(String),
     NodeClient(Box<NodeClientSettings>),
@@ -33,6 +37,9 @@ pub struct Connection {
     max_pool_size: Option<u32>,
     service: OnceCell<Arc<LockService>>,
     closed: AtomicBool,
+    /// Whether a call's hold on the process (`js_thread.rs`) was handed over to the
+    /// wait for the service's tickets to leave their queues (`keep_alive_for_tickets`).
+    keeping_alive: AtomicBool,
     /// The server's refusal of our credentials, while it stands (`unless_refused`).
     refused: Arc<watch::Sender<Option<DriverError>>>,
     /// Passwords, removed from every error message.
@@ -61,6 +68,7 @@ impl Connection {
             max_pool_size,
             service: OnceCell::new(),
             closed: AtomicBool::new(false),
+            keeping_alive: AtomicBool::new(false),
             refused: Arc::new(watch::channel(None).0),
             secrets,
         }
@@ -112,6 +120,39 @@ impl Connection {
                 Err(LockError::Mongo(refusal.clone().expect("waited for Some")))
             }
         }
+    }
+
+    /// Whether this caller is to keep the process alive until no ticket of the
+    /// service is in a queue (then `keep_alive_for_tickets`): one may be, and nothing
+    /// keeps it alive for that yet. A release may leave a place in the queue for this
+    /// process's next call, given up in the background when no call takes it (core's
+    /// `rejoin.rs`): a process that ended first would leave the place behind, for the
+    /// lock to wait out a lease when it came up.
+    pub fn claim_keeping_alive(&self) -> bool {
+        let tickets = self.service.get().is_some_and(|s| s.has_tickets());
+        tickets
+            && self
+                .keeping_alive
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+    }
+
+    /// After `claim_keeping_alive`: waits in the background until no ticket of the
+    /// service is in a queue, at most `KEEP_ALIVE_FOR_TICKETS`, then calls `done`.
+    pub fn keep_alive_for_tickets(self: &Arc<Self>, done: impl FnOnce() + Send + 'static) {
+        let connection = self.clone();
+        tokio::spawn(async move {
+            while let Some(service) = connection.service.get().filter(|s| s.has_tickets()) {
+                let _ = tokio::time::timeout(KEEP_ALIVE_FOR_TICKETS, service.no_tickets()).await;
+                connection.keeping_alive.store(false, Ordering::SeqCst);
+                // A ticket may have come in between, for a call that saw this wait
+                // still running and so did not keep the process alive itself.
+                if !connection.claim_keeping_alive() {
+                    break;
+                }
+            }
+            done();
+        });
     }
 
     /// Refuses every later call and closes the service if it was ever connected.

@@ -117,15 +117,27 @@ where
             let thread = JsThread::current(env)?;
             thread.busy(env);
             let settlement = OnJsThread::new(settlement);
+            let connection = connection.clone();
             napi::bindgen_prelude::spawn(async move {
                 let outcome = CatchUnwind(work).await;
+                let kept = connection.claim_keeping_alive();
+                let settling = thread.clone();
                 thread.clone().run(move |env| {
                     // `convert` was typed for the caller's `Env`: this is the same
                     // environment, and what it makes goes to the promise right here.
                     let env: &'env Env = unsafe { std::mem::transmute::<&Env, &'env Env>(env) };
                     settlement.into_inner().settle(env, outcome);
-                    thread.idle(env);
+                    if !kept {
+                        settling.idle(env);
+                    }
                 });
+                // Queued after the settlement, so the process is never let go before
+                // the promise is settled.
+                if kept {
+                    connection.keep_alive_for_tickets(move || {
+                        thread.clone().run(move |env| thread.idle(env));
+                    });
+                }
             });
         }
     }
