@@ -63,6 +63,9 @@ pub(crate) async fn acquire(
         })
         .await?;
     }
+    // Counted before a reserved place is taken from its watch, and until the hold is
+    // registered, so that `close()` never sees neither.
+    let ticket = shared.ticket();
     // A single attempt cannot wait for its place; the place is given up unused.
     let taken = if options.wait_timeout.is_zero() {
         None
@@ -73,8 +76,10 @@ pub(crate) async fn acquire(
         Some(taken) => taken.owner.clone(),
         None => shared.feed.new_owner(),
     };
-    let held = wait.in_database(&owner, taken).await?;
-    Ok(wait.guard(held, turn))
+    let (held, ticket) = wait.in_database(&owner, taken, ticket).await?;
+    let guard = wait.guard(held, turn);
+    drop(ticket);
+    Ok(guard)
 }
 
 /// One caller's wait for one key.
@@ -156,7 +161,7 @@ impl Wait<'_> {
             let (lease, ticket) = (self.options.hold.lease, self.shared.ticket());
             tokio::spawn(async move {
                 let _ = task.await;
-                let _ = shared.store.give_up(&key, &owner, lease).await;
+                shared.give_up(&key, &owner, lease).await;
                 drop(ticket);
             });
         }
@@ -169,7 +174,7 @@ impl Wait<'_> {
         let (shared, key, owner) = (self.shared.clone(), self.key.clone(), owner.to_owned());
         let lease = self.options.hold.lease;
         tokio::spawn(async move {
-            let _ = shared.store.give_up(&key, &owner, lease).await;
+            shared.give_up(&key, &owner, lease).await;
             drop(ticket);
         });
     }
@@ -227,14 +232,22 @@ impl Wait<'_> {
     /// the lock's queue and is woken when the lock is handed to it or deleted; where it
     /// does not, it polls. Either way it takes the lock over once its lease has passed.
     /// A caller that took a place a release reserved (`rejoin.rs`) starts out queued.
-    async fn in_database(&self, owner: &str, taken: Option<Taken>) -> Result<Held> {
-        let ticket = self.shared.ticket();
+    async fn in_database(
+        &self,
+        owner: &str,
+        taken: Option<Taken>,
+        ticket: Ticket,
+    ) -> Result<(Held, Ticket)> {
         let mut queued = taken.is_some();
-        let held = self.attempts(owner, &mut queued, taken).await;
-        if held.is_err() && queued {
-            self.leave_queue(owner, ticket);
+        match self.attempts(owner, &mut queued, taken).await {
+            Ok(held) => Ok((held, ticket)),
+            Err(e) => {
+                if queued {
+                    self.leave_queue(owner, ticket);
+                }
+                Err(e)
+            }
         }
-        held
     }
 
     async fn attempts(

@@ -152,9 +152,14 @@ impl LockService {
     /// then disconnects.
     pub async fn close(&self) {
         self.shared.close();
+        // A waiter's ticket ends after its hold is registered, and a hold ends after
+        // the ticket of the place its release took: once both are gone at once, they
+        // stay gone.
         let settled = async {
-            self.shared.no_holds().await;
-            self.shared.no_tickets().await;
+            while self.shared.has_tickets() || !self.shared.holds_none() {
+                self.shared.no_tickets().await;
+                self.shared.no_holds().await;
+            }
         };
         let _ = tokio::time::timeout(CLOSE_GRACE, settled).await;
         self.client.clone().shutdown().immediate(true).await;

@@ -25,10 +25,12 @@ pub(crate) struct Taken {
     pub releases: Subscription,
 }
 
-/// A place just taken by a release, with a second subscription for its watch.
+/// A place just taken by a release, with a second subscription for its watch, counted
+/// as a ticket from before its write until it is given up or taken.
 pub(crate) struct Place {
     taken: Taken,
     watch: Subscription,
+    ticket: Ticket,
 }
 
 /// A place as the slot keeps it, beside its owner.
@@ -71,7 +73,12 @@ pub(crate) async fn pass_on(
                 blocker,
                 releases,
             };
-            (PassedOn::HandedOver, Some(Place { taken, watch }))
+            let place = Place {
+                taken,
+                watch,
+                ticket,
+            };
+            (PassedOn::HandedOver, Some(place))
         }
     })
 }
@@ -85,7 +92,11 @@ pub(crate) fn keep(
     key: &LockKey,
     lease: Duration,
 ) {
-    let Place { taken, watch } = place;
+    let Place {
+        taken,
+        watch,
+        ticket,
+    } = place;
     let (owner, doc_id, claimed) = (
         taken.owner,
         taken.blocker.doc_id.clone(),
@@ -105,14 +116,14 @@ pub(crate) fn keep(
     if let Some(old) = replaced.and_then(take) {
         give_up_in_background(shared, key, old.owner, lease, shared.ticket());
     }
-    let (shared, key, ticket) = (shared.clone(), key.clone(), shared.ticket());
+    let (shared, key) = (shared.clone(), key.clone());
     tokio::spawn(async move {
         let gone = tokio::select! {
             _ = claimed.cancelled() => true,
             gone = watch_unclaimed(&shared, &slot, &owner, &doc_id, watch) => gone,
         };
         if !gone {
-            let _ = shared.store.give_up(&key, &owner, lease).await;
+            shared.give_up(&key, &owner, lease).await;
         }
         drop((slot, ticket));
         shared.queues.tidy(&key);
@@ -157,7 +168,7 @@ fn give_up_in_background(
 ) {
     let (shared, key) = (shared.clone(), key.clone());
     tokio::spawn(async move {
-        let _ = shared.store.give_up(&key, &owner, lease).await;
+        shared.give_up(&key, &owner, lease).await;
         drop(ticket);
     });
 }

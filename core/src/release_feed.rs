@@ -156,10 +156,16 @@ impl ReleaseFeed {
         )
     }
 
-    /// Subscribes to releases if the stream is live now, without waiting.
+    /// Subscribes to releases if the stream is live now, without waiting. Under the
+    /// lock `stop_if_unused` decides under, so the stream cannot stop unheard.
     pub fn subscribe_if_live(&self) -> Option<Subscription> {
+        let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        if *running != Running::Yes || !self.is_live() {
+            return None;
+        }
         let released = self.inner.released.subscribe();
-        self.is_live().then_some(Subscription {
+        drop(running);
+        Some(Subscription {
             released,
             live: true,
         })

@@ -4,14 +4,20 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::error::{LockError, Result};
+use crate::key::LockKey;
 use crate::local_queue::LocalQueues;
 use crate::release_feed::ReleaseFeed;
 use crate::store::LockStore;
+
+/// Attempts at taking a ticket out of a queue, the first pause between them, doubling.
+const GIVE_UP_ATTEMPTS: u32 = 3;
+const GIVE_UP_PAUSE: Duration = Duration::from_millis(100);
 
 pub(crate) struct Shared {
     pub store: LockStore,
@@ -92,6 +98,10 @@ impl Shared {
         self.holds.borrow().contains(owner)
     }
 
+    pub fn holds_none(&self) -> bool {
+        self.holds.borrow().is_empty()
+    }
+
     /// Resolves when no lock is held.
     pub async fn no_holds(&self) {
         let _ = self
@@ -99,6 +109,21 @@ impl Shared {
             .subscribe()
             .wait_for(|holds| holds.is_empty())
             .await;
+    }
+
+    /// Takes `owner`'s ticket out of the queue of `key`, releasing the lock if it was
+    /// handed to it (`LockStore::give_up`). Tried again after a failure: a ticket left
+    /// behind costs every other waiter a lease when it comes up.
+    pub async fn give_up(&self, key: &LockKey, owner: &str, lease: Duration) {
+        let mut pause = GIVE_UP_PAUSE;
+        for _ in 1..GIVE_UP_ATTEMPTS {
+            if self.store.give_up(key, owner, lease).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        let _ = self.store.give_up(key, owner, lease).await;
     }
 
     /// Counts a ticket that may be in a queue until the result is dropped.
