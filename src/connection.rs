@@ -2,7 +2,7 @@
 //! Node `MongoClient`'s settings, then shared by every call of one `ResourceLock`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use std::future::Future;
@@ -14,11 +14,13 @@ use lock_core::mongodb::options::{ClientOptions, ConnectionString, WriteConcern}
 use lock_core::mongodb::Client;
 use lock_core::{LockError, LockService};
 use tokio::sync::{watch, OnceCell};
+use tokio::time::Instant;
 
 use crate::node_client::NodeClientSettings;
 
-/// The longest a process is kept alive for tickets leaving queues: what a ticket left
-/// behind costs the others is a lease, of which this is the default.
+/// How long after its last call a process is kept alive at most for tickets leaving
+/// queues: what a ticket left behind costs the others is a lease, of which this is the
+/// default.
 const KEEP_ALIVE_FOR_TICKETS: Duration = Duration::from_secs(5);
 
 pub enum Source {
@@ -40,6 +42,8 @@ pub struct Connection {
     /// Whether a call's hold on the process (`js_thread.rs`) was handed over to the
     /// wait for the service's tickets to leave their queues (`keep_alive_for_tickets`).
     keeping_alive: AtomicBool,
+    /// When that wait ends at the latest.
+    keep_until: Mutex<Instant>,
     /// The server's refusal of our credentials, while it stands (`unless_refused`).
     refused: Arc<watch::Sender<Option<DriverError>>>,
     /// Passwords, removed from every error message.
@@ -69,6 +73,7 @@ impl Connection {
             service: OnceCell::new(),
             closed: AtomicBool::new(false),
             keeping_alive: AtomicBool::new(false),
+            keep_until: Mutex::new(Instant::now()),
             refused: Arc::new(watch::channel(None).0),
             secrets,
         }
@@ -127,32 +132,51 @@ impl Connection {
     /// keeps it alive for that yet. A release may leave a place in the queue for this
     /// process's next call, given up in the background when no call takes it (core's
     /// `rejoin.rs`): a process that ended first would leave the place behind, for the
-    /// lock to wait out a lease when it came up.
+    /// lock to wait out a lease when it came up. Every call that ends with tickets
+    /// counted moves the end of the keeping to `KEEP_ALIVE_FOR_TICKETS` from now.
     pub fn claim_keeping_alive(&self) -> bool {
-        let tickets = self.service.get().is_some_and(|s| s.has_tickets());
-        tickets
-            && self
-                .keeping_alive
-                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
+        if !self.has_tickets() {
+            return false;
+        }
+        *self.lock_keep_until() = Instant::now() + KEEP_ALIVE_FOR_TICKETS;
+        self.keeping_alive
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
     }
 
     /// After `claim_keeping_alive`: waits in the background until no ticket of the
-    /// service is in a queue, at most `KEEP_ALIVE_FOR_TICKETS`, then calls `done`.
+    /// service is in a queue, or its time is up, then calls `done`.
     pub fn keep_alive_for_tickets(self: &Arc<Self>, done: impl FnOnce() + Send + 'static) {
         let connection = self.clone();
         tokio::spawn(async move {
-            while let Some(service) = connection.service.get().filter(|s| s.has_tickets()) {
-                let _ = tokio::time::timeout(KEEP_ALIVE_FOR_TICKETS, service.no_tickets()).await;
+            loop {
+                if let Some(service) = connection.service.get() {
+                    let until = *connection.lock_keep_until();
+                    let _ = tokio::time::timeout_at(until, service.no_tickets()).await;
+                }
                 connection.keeping_alive.store(false, Ordering::SeqCst);
-                // A ticket may have come in between, for a call that saw this wait
-                // still running and so did not keep the process alive itself.
-                if !connection.claim_keeping_alive() {
+                // A call that ended meanwhile saw this wait running and did not keep
+                // the process alive itself: its tickets are still this wait's.
+                let again = connection.has_tickets()
+                    && Instant::now() < *connection.lock_keep_until()
+                    && connection
+                        .keeping_alive
+                        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok();
+                if !again {
                     break;
                 }
             }
             done();
         });
+    }
+
+    fn has_tickets(&self) -> bool {
+        self.service.get().is_some_and(|s| s.has_tickets())
+    }
+
+    fn lock_keep_until(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.keep_until.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Refuses every later call and closes the service if it was ever connected.
