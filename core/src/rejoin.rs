@@ -55,12 +55,11 @@ pub(crate) async fn pass_on(
         return Ok((store.pass_on(key, owner, lease).await?, None));
     };
     let next = shared.feed.new_owner();
-    // The write may have been applied even when it reports a failure.
     let ticket = shared.ticket();
     let passed = match store.pass_on_rejoining(key, owner, lease, &next).await {
         Ok(passed) => passed,
         Err(e) => {
-            give_up_in_background(shared, key, next, lease, ticket);
+            give_up_after_failure(shared, key, next, lease, ticket);
             return Err(e);
         }
     };
@@ -157,6 +156,28 @@ async fn watch_unclaimed(
         _ = shared.closed() => None,
     };
     !slot.abandon(owner) || matches!(woke, Some(Wake::Deleted))
+}
+
+/// How long after a failed write its place is given up a second time.
+const LATE_WRITE: Duration = Duration::from_secs(1);
+
+/// Gives up the place of a write that reported a failure: it may have been applied, or
+/// may still reach the server after the driver gave up on it (a connection lost with
+/// the write on its way), so now and once more `LATE_WRITE` later.
+fn give_up_after_failure(
+    shared: &Arc<Shared>,
+    key: &LockKey,
+    owner: String,
+    lease: Duration,
+    ticket: Ticket,
+) {
+    let (shared, key) = (shared.clone(), key.clone());
+    tokio::spawn(async move {
+        shared.give_up(&key, &owner, lease).await;
+        tokio::time::sleep(LATE_WRITE).await;
+        shared.give_up(&key, &owner, lease).await;
+        drop(ticket);
+    });
 }
 
 fn give_up_in_background(
