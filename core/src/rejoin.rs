@@ -59,7 +59,7 @@ pub(crate) async fn pass_on(
     let passed = match store.pass_on_rejoining(key, owner, lease, &next).await {
         Ok(passed) => passed,
         Err(e) => {
-            give_up_after_failure(shared, key, next, lease, ticket);
+            give_up_in_background(shared, key, next, lease, ticket, Some(LATE_WRITE));
             return Err(e);
         }
     };
@@ -113,7 +113,7 @@ pub(crate) fn keep(
     let (slot, replaced) = turn.reserve(reserved);
     // An older place that no caller took (one came by another way): given up too.
     if let Some(old) = replaced.and_then(take) {
-        give_up_in_background(shared, key, old.owner, lease, shared.ticket());
+        give_up_in_background(shared, key, old.owner, lease, shared.ticket(), None);
     }
     let (shared, key) = (shared.clone(), key.clone());
     tokio::spawn(async move {
@@ -158,38 +158,28 @@ async fn watch_unclaimed(
     !slot.abandon(owner) || matches!(woke, Some(Wake::Deleted))
 }
 
-/// How long after a failed write its place is given up a second time.
+/// How long after a failed write its place is given up a second time: the write may
+/// have been applied, or may still reach the server after the driver gave up on it (a
+/// connection lost with the write on its way).
 const LATE_WRITE: Duration = Duration::from_secs(1);
 
-/// Gives up the place of a write that reported a failure: it may have been applied, or
-/// may still reach the server after the driver gave up on it (a connection lost with
-/// the write on its way), so now and once more `LATE_WRITE` later.
-fn give_up_after_failure(
-    shared: &Arc<Shared>,
-    key: &LockKey,
-    owner: String,
-    lease: Duration,
-    ticket: Ticket,
-) {
-    let (shared, key) = (shared.clone(), key.clone());
-    tokio::spawn(async move {
-        shared.give_up(&key, &owner, lease).await;
-        tokio::time::sleep(LATE_WRITE).await;
-        shared.give_up(&key, &owner, lease).await;
-        drop(ticket);
-    });
-}
-
+/// Gives up `owner`'s place in the background, counted as `ticket` until done, and
+/// once more `again_after` that, if given.
 fn give_up_in_background(
     shared: &Arc<Shared>,
     key: &LockKey,
     owner: String,
     lease: Duration,
     ticket: Ticket,
+    again_after: Option<Duration>,
 ) {
     let (shared, key) = (shared.clone(), key.clone());
     tokio::spawn(async move {
         shared.give_up(&key, &owner, lease).await;
+        if let Some(pause) = again_after {
+            tokio::time::sleep(pause).await;
+            shared.give_up(&key, &owner, lease).await;
+        }
         drop(ticket);
     });
 }

@@ -294,12 +294,8 @@ impl Sent {
     }
 }
 
-/// `MAX_LOCAL_HANDOVERS`: the local hand-overs in a row before other processes are
-/// asked about.
-const STREAK: usize = 8;
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_local_streak_with_nobody_else_queued_goes_on_without_writing() {
+/// A service on a database of its own whose client counts what it sends there.
+async fn counted_service() -> (Arc<LockService>, mongodb::Client, String, Arc<Sent>) {
     let db = database_name();
     let mut client_options = mongodb::options::ClientOptions::parse(server_url())
         .await
@@ -307,6 +303,16 @@ async fn a_local_streak_with_nobody_else_queued_goes_on_without_writing() {
     let sent = Sent::count(&mut client_options, &db);
     let client = mongodb::Client::with_options(client_options).unwrap();
     let service = LockService::new(client.clone(), &db, None);
+    (service, client, db, sent)
+}
+
+/// `MAX_LOCAL_HANDOVERS`: the local hand-overs in a row before other processes are
+/// asked about.
+const STREAK: usize = 8;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_streak_with_nobody_else_queued_goes_on_without_writing() {
+    let (service, client, db, sent) = counted_service().await;
     let key = LockKey::Str("streak".into());
     // One lease for all holders (a holder asking for another one writes it), long
     // enough that the keeper does not renew during the test.
@@ -452,13 +458,7 @@ async fn handed_on_with_a_place(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_process_that_comes_back_at_once_takes_its_place_without_writing() {
-    let db = database_name();
-    let mut client_options = mongodb::options::ClientOptions::parse(server_url())
-        .await
-        .unwrap();
-    let sent = Sent::count(&mut client_options, &db);
-    let client = mongodb::Client::with_options(client_options).unwrap();
-    let a = LockService::new(client.clone(), &db, None);
+    let (a, client, db, sent) = counted_service().await;
     let b = other_process(&db).await;
     let locks = locks(&client, &db);
     let (key, hold) = (LockKey::Str("rejoin".into()), options(5_000, 30_000));
