@@ -139,9 +139,7 @@ impl Connection {
             return false;
         }
         *self.lock_keep_until() = Instant::now() + KEEP_ALIVE_FOR_TICKETS;
-        self.keeping_alive
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
+        self.take_keeping()
     }
 
     /// After `claim_keeping_alive`: waits in the background until no ticket of the
@@ -159,16 +157,20 @@ impl Connection {
                 // the process alive itself: its tickets are still this wait's.
                 let again = connection.has_tickets()
                     && Instant::now() < *connection.lock_keep_until()
-                    && connection
-                        .keeping_alive
-                        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-                        .is_ok();
+                    && connection.take_keeping();
                 if !again {
                     break;
                 }
             }
             done();
         });
+    }
+
+    /// Whether this caller is the one to keep the process alive now.
+    fn take_keeping(&self) -> bool {
+        self.keeping_alive
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
     }
 
     fn has_tickets(&self) -> bool {

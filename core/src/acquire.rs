@@ -171,12 +171,9 @@ impl Wait<'_> {
     /// Leaves the queue in the background after giving up, releasing the lock if it
     /// was handed to us in the meantime.
     fn leave_queue(&self, owner: &str, ticket: Ticket) {
-        let (shared, key, owner) = (self.shared.clone(), self.key.clone(), owner.to_owned());
         let lease = self.options.hold.lease;
-        tokio::spawn(async move {
-            shared.give_up(&key, &owner, lease).await;
-            drop(ticket);
-        });
+        let shared = self.shared;
+        shared.give_up_in_background(self.key, owner.to_owned(), lease, ticket, None);
     }
 
     async fn insert(&self, owner: &str) -> Result<Option<Held>> {

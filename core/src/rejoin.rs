@@ -59,7 +59,7 @@ pub(crate) async fn pass_on(
     let passed = match store.pass_on_rejoining(key, owner, lease, &next).await {
         Ok(passed) => passed,
         Err(e) => {
-            give_up_in_background(shared, key, next, lease, ticket, Some(LATE_WRITE));
+            shared.give_up_in_background(key, next, lease, ticket, Some(LATE_WRITE));
             return Err(e);
         }
     };
@@ -113,7 +113,7 @@ pub(crate) fn keep(
     let (slot, replaced) = turn.reserve(reserved);
     // An older place that no caller took (one came by another way): given up too.
     if let Some(old) = replaced.and_then(take) {
-        give_up_in_background(shared, key, old.owner, lease, shared.ticket(), None);
+        shared.give_up_in_background(key, old.owner, lease, shared.ticket(), None);
     }
     let (shared, key) = (shared.clone(), key.clone());
     tokio::spawn(async move {
@@ -162,24 +162,3 @@ async fn watch_unclaimed(
 /// have been applied, or may still reach the server after the driver gave up on it (a
 /// connection lost with the write on its way).
 const LATE_WRITE: Duration = Duration::from_secs(1);
-
-/// Gives up `owner`'s place in the background, counted as `ticket` until done, and
-/// once more `again_after` that, if given.
-fn give_up_in_background(
-    shared: &Arc<Shared>,
-    key: &LockKey,
-    owner: String,
-    lease: Duration,
-    ticket: Ticket,
-    again_after: Option<Duration>,
-) {
-    let (shared, key) = (shared.clone(), key.clone());
-    tokio::spawn(async move {
-        shared.give_up(&key, &owner, lease).await;
-        if let Some(pause) = again_after {
-            tokio::time::sleep(pause).await;
-            shared.give_up(&key, &owner, lease).await;
-        }
-        drop(ticket);
-    });
-}

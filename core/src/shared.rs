@@ -126,6 +126,27 @@ impl Shared {
         let _ = self.store.give_up(key, owner, lease).await;
     }
 
+    /// `give_up` in the background, with `ticket` counted until it is done, and once
+    /// more `again_after` that, if given.
+    pub fn give_up_in_background(
+        self: &Arc<Self>,
+        key: &LockKey,
+        owner: String,
+        lease: Duration,
+        ticket: Ticket,
+        again_after: Option<Duration>,
+    ) {
+        let (shared, key) = (self.clone(), key.clone());
+        tokio::spawn(async move {
+            shared.give_up(&key, &owner, lease).await;
+            if let Some(pause) = again_after {
+                tokio::time::sleep(pause).await;
+                shared.give_up(&key, &owner, lease).await;
+            }
+            drop(ticket);
+        });
+    }
+
     /// Counts a ticket that may be in a queue until the result is dropped.
     pub fn ticket(&self) -> Ticket {
         self.tickets.send_modify(|n| *n += 1);
