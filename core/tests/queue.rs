@@ -335,6 +335,9 @@ async fn a_local_streak_with_nobody_else_queued_goes_on_without_writing() {
             // longer than a read takes; on a slow server the test waits for the answer.
             if turn % STREAK == 0 {
                 sent.reads_answered(turn / STREAK).await;
+                // The driver reports the answer before it hands it to the look-ahead's
+                // task: a moment more for that task to pass it on.
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             assert!(guard.release().await.unwrap());
         }));
