@@ -1,24 +1,11 @@
 // Shared by the specs: a real server from MONGODB_URL (scripts/with-server.mjs starts one).
-import { randomBytes } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { MongoClient } from 'mongodb'
+import { url } from './database.mjs'
 
 const require = createRequire(import.meta.url)
 export const { ResourceLock, LockError } = require('../index.js')
-
-export const url = process.env.MONGODB_URL
-if (!url) throw new Error('MONGODB_URL is not set: run the tests with `npm test`')
-
-/** A database of its own for one test, dropped afterwards. */
-export async function freshDatabase (t) {
-  const name = `t_${randomBytes(6).toString('hex')}`
-  const client = new MongoClient(url)
-  t.teardown(async () => {
-    await client.db(name).dropDatabase().catch(() => {})
-    await client.close()
-  })
-  return { name, client, db: client.db(name) }
-}
+export { freshDatabase, url } from './database.mjs'
 
 /** An addon ResourceLock on its own client, closed after the test. */
 export function addonLock (t, databaseName, options = {}) {

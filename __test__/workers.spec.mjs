@@ -1,27 +1,12 @@
 // The addon in worker threads. Each worker loads it on its own thread; a worker
 // started after another has ended may get the ended one's thread-local storage, and
 // the addon (its allocator included) must not depend on the first thread that loaded
-// it still running. So this file does not load the addon on the main thread (nor
-// `helpers.mjs`, which does), and its tests run one at a time, the one after another
-// first: its first worker is the first thread to load the addon.
-import { randomBytes } from 'node:crypto'
+// it still running. So this file never loads the addon on the main thread (it uses
+// `database.mjs`, not `helpers.mjs`), and its tests run one at a time, the one with
+// workers one after another first: its first worker is the first thread to load it.
 import { Worker } from 'node:worker_threads'
 import test from 'ava'
-import { MongoClient } from 'mongodb'
-
-const url = process.env.MONGODB_URL
-if (!url) throw new Error('MONGODB_URL is not set: run the tests with `npm test`')
-
-/** A database of its own for one test, dropped afterwards. */
-function freshDatabase (t) {
-  const name = `t_${randomBytes(6).toString('hex')}`
-  const client = new MongoClient(url)
-  t.teardown(async () => {
-    await client.db(name).dropDatabase().catch(() => {})
-    await client.close()
-  })
-  return { name, db: client.db(name) }
-}
+import { freshDatabase, url } from './database.mjs'
 
 const fixture = new URL('./fixtures/lock-in-worker.mjs', import.meta.url)
 
@@ -42,7 +27,7 @@ function inWorker (databaseName, key, rounds) {
 const increasing = (tokens) => tokens.every((token, i) => i === 0 || token > tokens[i - 1])
 
 test.serial('workers loading the addon one after another each hold the lock, tokens increasing', async (t) => {
-  const { name, db } = freshDatabase(t)
+  const { name, db } = await freshDatabase(t)
   const tokens = []
   for (let i = 0; i < 4; i++) tokens.push(...await inWorker(name, 'worker-key', 3))
   t.is(tokens.length, 12)
@@ -51,7 +36,7 @@ test.serial('workers loading the addon one after another each hold the lock, tok
 })
 
 test.serial('workers running at once take turns on one key', async (t) => {
-  const { name, db } = freshDatabase(t)
+  const { name, db } = await freshDatabase(t)
   const all = await Promise.all([1, 2, 3].map(() => inWorker(name, 'shared-key', 5)))
   t.deepEqual(all.map((tokens) => tokens.length), [5, 5, 5])
   t.true(all.every(increasing))
