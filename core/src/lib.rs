@@ -10,6 +10,7 @@ mod error;
 mod guard;
 mod key;
 mod lease;
+mod listening;
 mod local_queue;
 mod rejoin;
 mod release_feed;

@@ -51,10 +51,10 @@ pub(crate) async fn pass_on(
     lease: Duration,
 ) -> Result<(PassedOn, Option<Place>)> {
     let store = &shared.store;
-    let Some(releases) = shared.feed.subscribe_if_live() else {
+    let next = shared.feed.new_owner();
+    let Some(releases) = shared.feed.subscribe_deferred_if_live(&next) else {
         return Ok((store.pass_on(key, owner, lease).await?, None));
     };
-    let next = shared.feed.new_owner();
     let ticket = shared.ticket();
     let passed = match store.pass_on_rejoining(key, owner, lease, &next).await {
         Ok(passed) => passed,
@@ -65,8 +65,10 @@ pub(crate) async fn pass_on(
     };
     Ok(match passed {
         Rejoined::Not(passed) => (passed, None),
-        Rejoined::Behind(blocker) => {
+        Rejoined::Behind { blocker, places } => {
             let watch = releases.again();
+            releases.place(places);
+            watch.place(places);
             let taken = Taken {
                 owner: next,
                 blocker,

@@ -19,6 +19,7 @@ use mongodb::error::ErrorKind;
 use mongodb::Collection;
 
 use crate::document::{LEASE_EXPIRES_AT, OWNER};
+use crate::listening::{Ask, Deferral, Listening};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -73,6 +74,8 @@ struct Inner {
     state: watch::Sender<FeedState>,
     running: Mutex<Running>,
     stop: CancellationToken,
+    /// Which subscribers listen now: the stream asks the server only while one does.
+    listening: Arc<Listening>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,16 +89,44 @@ enum Running {
 
 /// A waiter's view of the feed.
 pub struct Subscription {
+    // Before `deferral`, so that it is dropped first: the feed never counts a
+    // deferred subscriber as one that listens now.
     released: broadcast::Receiver<Change>,
+    deferral: Option<Deferral>,
     pub live: bool,
 }
 
 impl Subscription {
-    /// A second view of the feed, from now on.
+    /// A second view of the feed, from now on, deferred as this one was before `place`.
     pub fn again(&self) -> Subscription {
+        let Some(deferral) = self.deferral.as_ref().map(Deferral::again) else {
+            return Subscription {
+                released: self.released.resubscribe(),
+                deferral: None,
+                live: self.live,
+            };
+        };
+        let released = self.released.resubscribe();
+        deferral.subscribed();
         Subscription {
-            released: self.released.resubscribe(),
+            released,
+            deferral: Some(deferral),
             live: self.live,
+        }
+    }
+
+    /// A deferred subscription listens from now on: its wait went another way.
+    fn listen_now(&self) {
+        if let Some(deferral) = &self.deferral {
+            deferral.listen_now();
+        }
+    }
+
+    /// For a deferred subscription: `places` hand-overs come before its turn
+    /// (`listening.rs`).
+    pub fn place(&self, places: u32) {
+        if let Some(deferral) = &self.deferral {
+            deferral.place(places);
         }
     }
 
@@ -105,14 +136,24 @@ impl Subscription {
         if !self.live {
             return std::future::pending().await;
         }
+        // A turn it heard came to nothing (the lease had run out), and it waits again.
+        if self.deferral.as_ref().is_some_and(Deferral::is_done) {
+            self.listen_now();
+        }
         loop {
             match self.released.recv().await {
-                Ok(Change::Deleted(id)) if &id == doc_id => return Wake::Deleted,
+                Ok(Change::Deleted(id)) if &id == doc_id => {
+                    self.listen_now();
+                    return Wake::Deleted;
+                }
                 Ok(Change::HandedOver(h)) if &h.doc_id == doc_id && h.owner == owner => {
                     return Wake::HandedToUs(h)
                 }
                 Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(_)) => return Wake::Missed,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.listen_now();
+                    return Wake::Missed;
+                }
                 Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
             }
         }
@@ -128,6 +169,11 @@ const REOPEN_DELAY: Duration = Duration::from_secs(1);
 const RETRY_REFUSED_DELAY: Duration = Duration::from_secs(30);
 /// A stream nobody listened to for this long is closed.
 const IDLE_CLOSE: Duration = Duration::from_secs(60);
+/// How long the stream asks nothing once nobody subscribes (`ask`). Longer, and the
+/// events that gather in the server's cursor meanwhile come in one burst: every
+/// deletion in `_locks` is one. Past the channel's 1 024, waiters learn that they
+/// missed events (`Wake::Missed`) and look again, with a read or a write each.
+const UNHEARD: Duration = Duration::from_secs(1);
 
 impl ReleaseFeed {
     pub fn new(stop: CancellationToken) -> Self {
@@ -138,6 +184,7 @@ impl ReleaseFeed {
                 state: watch::channel(FeedState::Starting).0,
                 running: Mutex::new(Running::No),
                 stop,
+                listening: Arc::default(),
             }),
         }
     }
@@ -156,17 +203,21 @@ impl ReleaseFeed {
         )
     }
 
-    /// Subscribes to releases if the stream is live now, without waiting. Under the
-    /// lock `stop_if_unused` decides under, so the stream cannot stop unheard.
-    pub fn subscribe_if_live(&self) -> Option<Subscription> {
+    /// Subscribes to the turn of `owner` if the stream is live now, without waiting;
+    /// deferred, listening only once placed (`Subscription::place`). Under the lock
+    /// `stop_if_unused` decides under, so the stream cannot stop unheard.
+    pub fn subscribe_deferred_if_live(&self, owner: &str) -> Option<Subscription> {
         let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
         if *running != Running::Yes || !self.is_live() {
             return None;
         }
+        let deferral = self.inner.listening.defer(owner);
         let released = self.inner.released.subscribe();
+        deferral.subscribed();
         drop(running);
         Some(Subscription {
             released,
+            deferral: Some(deferral),
             live: true,
         })
     }
@@ -174,12 +225,17 @@ impl ReleaseFeed {
     /// Subscribes to releases, opening the stream if it is not open.
     pub async fn subscribe(&self, locks: &Collection<Document>) -> Subscription {
         let released = self.inner.released.subscribe();
+        self.inner.listening.notify();
         self.start(locks);
         let mut state = self.inner.state.subscribe();
         let settled =
             tokio::time::timeout(START_WAIT, state.wait_for(|s| *s != FeedState::Starting)).await;
         let live = matches!(settled, Ok(Ok(s)) if *s == FeedState::Live);
-        Subscription { released, live }
+        Subscription {
+            released,
+            deferral: None,
+            live,
+        }
     }
 
     fn start(&self, locks: &Collection<Document>) {
@@ -243,27 +299,56 @@ async fn follow(inner: &Inner, locks: Collection<Document>) {
         inner.state.send_replace(FeedState::Live);
         let mut last_listened = Instant::now();
         loop {
-            tokio::select! {
-                event = stream.next() => match event {
-                    Some(Ok(event)) => {
-                        if let Some(change) = change(event) {
-                            // No receiver is fine: nobody is waiting.
-                            let _ = inner.released.send(change);
-                        }
-                    }
-                    Some(Err(_)) | None => break,
-                },
-                _ = tokio::time::sleep(IDLE_CLOSE / 4) => {}
-            }
-            if inner.released.receiver_count() > 0 {
+            let subscribers = inner.released.receiver_count();
+            if subscribers > 0 {
                 last_listened = Instant::now();
             } else if last_listened.elapsed() >= IDLE_CLOSE && stop_if_unused(inner) {
                 return;
+            }
+            let look_again = Instant::now() + IDLE_CLOSE / 4;
+            match ask(inner, subscribers, last_listened) {
+                Ask::Now => tokio::select! {
+                    event = stream.next() => match event {
+                        Some(Ok(event)) => deliver(inner, event),
+                        Some(Err(_)) | None => break,
+                    },
+                    _ = tokio::time::sleep_until(look_again) => {}
+                },
+                Ask::NotBefore(from) => tokio::select! {
+                    _ = tokio::time::sleep_until(from.map_or(look_again, |f| f.min(look_again))) => {}
+                    _ = inner.listening.changed() => {}
+                },
             }
         }
         inner.state.send_replace(FeedState::Unavailable);
         tokio::time::sleep(REOPEN_DELAY).await;
     }
+}
+
+/// Whether to ask the server for events now (`listening.rs`). With no subscriber,
+/// not for `UNHEARD`: a process between two turns of a loop would otherwise leave a
+/// `getMore` waiting on the server through its next wait.
+fn ask(inner: &Inner, subscribers: usize, last_listened: Instant) -> Ask {
+    if subscribers > 0 {
+        return inner.listening.ask(subscribers);
+    }
+    let resume = last_listened + UNHEARD;
+    if resume > Instant::now() {
+        Ask::NotBefore(Some(resume))
+    } else {
+        Ask::Now
+    }
+}
+
+fn deliver(inner: &Inner, event: ChangeStreamEvent<Document>) {
+    let Some(change) = change(event) else {
+        return;
+    };
+    if let Change::HandedOver(handed) = &change {
+        inner.listening.handed_to(&handed.owner);
+    }
+    // No receiver is fine: nobody is waiting.
+    let _ = inner.released.send(change);
 }
 
 /// The stage that keeps the events a waiter of this service may wait for: deletions,
@@ -366,6 +451,42 @@ mod tests {
         assert_eq!(handed.owner, "b");
         assert_eq!(handed.lease_expires_at, Some(expiry));
         assert_eq!(handed.fencing_token, (7 << 32) | 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_nobody_subscribed_the_stream_asks_again_only_after_a_while() {
+        let feed = ReleaseFeed::new(CancellationToken::new());
+        let last_listened = Instant::now();
+        let resume = last_listened + UNHEARD;
+        assert_eq!(
+            ask(&feed.inner, 0, last_listened),
+            Ask::NotBefore(Some(resume))
+        );
+        assert_eq!(ask(&feed.inner, 1, last_listened), Ask::Now);
+        tokio::time::advance(UNHEARD).await;
+        assert_eq!(ask(&feed.inner, 0, last_listened), Ask::Now);
+    }
+
+    #[tokio::test]
+    async fn a_deferred_subscription_is_not_heard_before_its_place_is_known() {
+        let feed = ReleaseFeed::new(CancellationToken::new());
+        *feed.inner.running.lock().unwrap() = Running::Yes;
+        feed.inner.state.send_replace(FeedState::Live);
+        let owner = feed.new_owner();
+        let first = feed.subscribe_deferred_if_live(&owner).expect("live");
+        let second = first.again();
+        let subscribers = feed.inner.released.receiver_count();
+        assert_eq!(subscribers, 2);
+        assert_eq!(
+            ask(&feed.inner, subscribers, Instant::now()),
+            Ask::NotBefore(None)
+        );
+        first.place(1);
+        assert_eq!(ask(&feed.inner, subscribers, Instant::now()), Ask::Now);
+        drop((first, second));
+        let plain = feed.inner.released.subscribe();
+        assert_eq!(ask(&feed.inner, 1, Instant::now()), Ask::Now);
+        drop(plain);
     }
 
     #[test]

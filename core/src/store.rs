@@ -437,8 +437,9 @@ pub enum Queued {
 /// What `pass_on_rejoining` did.
 #[derive(Debug)]
 pub enum Rejoined {
-    /// Handed over, and the next owner is queued behind the lock now in the way.
-    Behind(Blocker),
+    /// Handed over, and the next owner is queued behind the lock now in the way, with
+    /// `places` hand-overs to come before its turn (its ticket is the last of the queue).
+    Behind { blocker: Blocker, places: u32 },
     /// Not handed over (still ours, or no longer ours), and nobody queued again.
     Not(PassedOn),
 }
@@ -581,7 +582,10 @@ impl LockStore {
         Ok(match after {
             None => Rejoined::Not(PassedOn::NotOurs),
             Some(d) => match passed_on(&d, owner) {
-                PassedOn::HandedOver => Rejoined::Behind(Blocker::from(&d)),
+                PassedOn::HandedOver => Rejoined::Behind {
+                    blocker: Blocker::from(&d),
+                    places: queue_length(&d),
+                },
                 passed => Rejoined::Not(passed),
             },
         })
@@ -687,6 +691,11 @@ impl LockStore {
         }
         Ok(())
     }
+}
+
+/// The number of tickets in the queue of `found`.
+fn queue_length(found: &Document) -> u32 {
+    found.get_array(QUEUE).map_or(0, |queue| queue.len() as u32)
 }
 
 /// The fields `passed_on` reads.

@@ -1,0 +1,310 @@
+//! When the release feed (`release_feed.rs`) asks the server for events: only while
+//! one of its subscribers listens now.
+//!
+//! A stream's `getMore` waits on the server until an event matches, and a server
+//! wakes every waiting `getMore` on every write to re-run its match (`secantusd-rs`
+//! does, and so does `mongod`'s notifier of oplog inserts). So each process that
+//! keeps one waiting costs the server work on every hand-over of every process. With
+//! 32 processes queued on one key, that was a core of the server's time.
+//!
+//! A process that queued again with its hand-over (`rejoin.rs`) knows how many
+//! hand-overs come before its turn, and how long one took lately; it can hear
+//! nothing of use before most of them have happened. So its subscription is
+//! deferred: it listens from `places - 1 - MARGIN * √places` hand-overs from now,
+//! and until then, if nobody else in the process listens, the feed asks nothing
+//! (the `- 1`: the hand-over to itself is one of the places, and it must hear that
+//! one). Nothing is lost meanwhile: the events wait in the server's cursor and
+//! arrive with the next `getMore`. A turn that comes sooner than foreseen waits, at
+//! most `MAX_DEFERRAL`, for its holder to ask. That time comes out of the new
+//! holder's lease, which starts with the hand-over; the holder checks what is left
+//! before it trusts the event (`acquire.rs`, `handed_over`), so a late hearing costs
+//! time, never exclusion.
+//!
+//! The time per place is one average per process, whatever the key: a process that
+//! queues on a slow key and a fast one may defer too long on the fast one, by at most
+//! `MAX_DEFERRAL` per turn.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How many standard deviations of the sum of the hand-overs before a waiter's turn
+/// it starts listening early: hand-over times vary about as much as they last, so
+/// `n` of them vary by about `√n` of one.
+const MARGIN: f64 = 1.5;
+/// The longest a waiter defers listening, whatever its place.
+const MAX_DEFERRAL: Duration = Duration::from_millis(250);
+/// How much the latest wait counts in the time per place (a moving average).
+const LATEST_WEIGHT: f64 = 0.25;
+
+#[derive(Default)]
+pub(crate) struct Listening {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    deferred: HashMap<u64, Deferred>,
+    next_id: u64,
+    /// How long one hand-over before a waiter's turn took, lately.
+    per_place: Option<Duration>,
+}
+
+struct Deferred {
+    /// The owner id its turn is handed to.
+    owner: String,
+    /// From when it listens; `None` before its place is known, and after its turn.
+    from: Option<Instant>,
+    /// When it took its place, and how many hand-overs were to come before its turn.
+    placed: Option<(Instant, u32)>,
+}
+
+/// Whether the feed is to ask the server for events now.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ask {
+    Now,
+    /// Not before this moment (`None`: not until something changes).
+    NotBefore(Option<Instant>),
+}
+
+/// A subscriber that listens only from a moment on. Dropping it removes it.
+pub(crate) struct Deferral {
+    id: u64,
+    listening: Arc<Listening>,
+}
+
+impl Listening {
+    /// A subscriber waiting for its turn as `owner`, not listening until `placed`.
+    pub fn defer(self: &Arc<Self>, owner: &str) -> Deferral {
+        let mut state = self.state();
+        let id = state.next_id;
+        state.next_id += 1;
+        let deferred = Deferred {
+            owner: owner.to_owned(),
+            from: None,
+            placed: None,
+        };
+        state.deferred.insert(id, deferred);
+        Deferral {
+            id,
+            listening: self.clone(),
+        }
+    }
+
+    /// Whether to ask for events, given the feed's `subscribers`: at once if any of them
+    /// is not deferred, or is deferred until now; never with none (the feed decides).
+    pub fn ask(&self, subscribers: usize) -> Ask {
+        let state = self.state();
+        if subscribers > state.deferred.len() {
+            return Ask::Now;
+        }
+        let earliest = state.deferred.values().filter_map(|d| d.from).min();
+        match earliest {
+            Some(from) if from <= Instant::now() => Ask::Now,
+            from => Ask::NotBefore(from),
+        }
+    }
+
+    /// The feed delivered `owner`'s turn: its subscribers stop listening, and the time
+    /// their wait took per place is learnt.
+    pub fn handed_to(&self, owner: &str) {
+        let mut state = self.state();
+        let mut waited = None;
+        for deferred in state.deferred.values_mut().filter(|d| d.owner == owner) {
+            deferred.from = None;
+            if let Some((at, places)) = deferred.placed.take() {
+                waited = Some(at.elapsed() / places.max(1));
+            }
+        }
+        if let Some(latest) = waited {
+            state.per_place = Some(match state.per_place {
+                Some(before) => before.mul_f64(1.0 - LATEST_WEIGHT) + latest.mul_f64(LATEST_WEIGHT),
+                None => latest,
+            });
+        }
+        drop(state);
+        self.changed.notify_one();
+    }
+
+    /// Resolves after `place`, `handed_to`, `listen_now`, the drop of a deferral, or
+    /// `notify` (a new subscriber).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Tells the feed that something else changed who listens.
+    pub fn notify(&self) {
+        self.changed.notify_one();
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Deferral {
+    /// Its place is known: `places` hand-overs come before its turn.
+    pub fn place(&self, places: u32) {
+        let mut state = self.listening.state();
+        let now = Instant::now();
+        let from = now + deferral(state.per_place, places);
+        if let Some(deferred) = state.deferred.get_mut(&self.id) {
+            deferred.from = Some(from);
+            deferred.placed = Some((now, places));
+        }
+        drop(state);
+        self.listening.changed.notify_one();
+    }
+
+    /// Listens from now on, until its turn: its wait goes on in another way than the
+    /// place foresaw (the lock it queued for was deleted, events were lost, or the turn
+    /// it heard came to nothing), so what it waited is no measure of the queue either.
+    pub fn listen_now(&self) {
+        let mut state = self.listening.state();
+        if let Some(deferred) = state.deferred.get_mut(&self.id) {
+            deferred.from = Some(Instant::now());
+            deferred.placed = None;
+        }
+        drop(state);
+        self.listening.changed.notify_one();
+    }
+
+    /// Whether it listens for nothing: its turn was heard (`handed_to`), or it was
+    /// never placed.
+    pub fn is_done(&self) -> bool {
+        let state = self.listening.state();
+        state
+            .deferred
+            .get(&self.id)
+            .is_some_and(|d| d.from.is_none())
+    }
+
+    /// Tells the feed that the subscription of this deferral exists now: it is counted
+    /// among the subscribers from this moment, and `follow` may have counted before.
+    pub fn subscribed(&self) {
+        self.listening.changed.notify_one();
+    }
+
+    /// Another deferral for the same turn, not listening until placed.
+    pub fn again(&self) -> Deferral {
+        let owner = self.listening.state().deferred[&self.id].owner.clone();
+        self.listening.defer(&owner)
+    }
+}
+
+impl Drop for Deferral {
+    fn drop(&mut self) {
+        self.listening.state().deferred.remove(&self.id);
+        self.listening.changed.notify_one();
+    }
+}
+
+/// How long a waiter with `places` hand-overs before its turn can wait before it
+/// listens, at `per_place` each: none until a wait was measured.
+fn deferral(per_place: Option<Duration>, places: u32) -> Duration {
+    let Some(per_place) = per_place else {
+        return Duration::ZERO;
+    };
+    let places = f64::from(places);
+    let surely_before = places - 1.0 - MARGIN * places.sqrt();
+    if surely_before <= 0.0 {
+        return Duration::ZERO;
+    }
+    per_place.mul_f64(surely_before).min(MAX_DEFERRAL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn nothing_is_deferred_before_a_wait_was_measured() {
+        assert_eq!(deferral(None, 31), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_waiter_near_the_head_listens_at_once() {
+        for places in 1..=4 {
+            assert_eq!(deferral(Some(4 * MS), places), Duration::ZERO, "{places}");
+        }
+        // 5 - 1 - 1.5 * √5 = 0.65 places.
+        let fifth = deferral(Some(4 * MS), 5);
+        assert!(fifth > 2 * MS && fifth < 3 * MS, "{fifth:?}");
+    }
+
+    #[test]
+    fn a_waiter_far_back_listens_from_well_before_its_turn() {
+        let deferred = deferral(Some(4 * MS), 31);
+        assert!(deferred > 80 * MS && deferred < 90 * MS, "{deferred:?}");
+    }
+
+    #[test]
+    fn no_deferral_exceeds_the_cap() {
+        assert_eq!(deferral(Some(100 * MS), 1_000), MAX_DEFERRAL);
+    }
+
+    #[tokio::test]
+    async fn the_feed_asks_while_any_subscriber_is_not_deferred() {
+        let listening = Arc::new(Listening::default());
+        let deferral = listening.defer("a");
+        assert_eq!(listening.ask(1), Ask::NotBefore(None));
+        assert_eq!(listening.ask(2), Ask::Now);
+        drop(deferral);
+        assert_eq!(listening.ask(1), Ask::Now);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_placed_waiter_is_heard_from_its_moment_until_its_turn() {
+        let listening = Arc::new(Listening::default());
+        listening.state().per_place = Some(4 * MS);
+        let far = listening.defer("far");
+        far.place(31);
+        let Ask::NotBefore(Some(from)) = listening.ask(1) else {
+            panic!("asks at once");
+        };
+        assert!(from > Instant::now() + 80 * MS);
+        let near = listening.defer("near");
+        near.place(2);
+        assert_eq!(listening.ask(2), Ask::Now);
+        listening.handed_to("near");
+        assert_eq!(listening.ask(2), Ask::NotBefore(Some(from)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_teaches_the_time_per_place() {
+        let listening = Arc::new(Listening::default());
+        let waiter = listening.defer("w");
+        waiter.place(10);
+        tokio::time::advance(50 * MS).await;
+        listening.handed_to("w");
+        assert_eq!(listening.state().per_place, Some(5 * MS));
+        let next = waiter.again();
+        next.place(10);
+        tokio::time::advance(90 * MS).await;
+        listening.handed_to("w");
+        // 3/4 of 5 ms and 1/4 of 9 ms.
+        assert_eq!(listening.state().per_place, Some(6 * MS));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_that_went_another_way_listens_at_once_and_teaches_nothing() {
+        let listening = Arc::new(Listening::default());
+        listening.state().per_place = Some(4 * MS);
+        let waiter = listening.defer("w");
+        waiter.place(31);
+        assert!(matches!(listening.ask(1), Ask::NotBefore(Some(_))));
+        waiter.listen_now();
+        assert_eq!(listening.ask(1), Ask::Now);
+        tokio::time::advance(200 * MS).await;
+        listening.handed_to("w");
+        assert_eq!(listening.state().per_place, Some(4 * MS));
+        assert!(waiter.is_done());
+        assert_eq!(listening.ask(1), Ask::NotBefore(None));
+    }
+}
