@@ -2,7 +2,7 @@
 import test from 'ava'
 import { ResourceLock as OriginalLock } from '@discue/mongodb-resource-client'
 import { MongoClient } from 'mongodb'
-import { ResourceLock, addonLock, deferred, freshDatabase, sleep, url } from './helpers.mjs'
+import { ResourceLock, addonLock, deferred, freshDatabase, sleep, url, withDatabase } from './helpers.mjs'
 
 test('lock resolves to the key: one id keeps its type, several are joined with #', async (t) => {
   const { name } = await freshDatabase(t)
@@ -219,7 +219,7 @@ test('lockTimeout: 250 with a 1 s callback rejects with Lock interrupted by time
 })
 
 test('database: databaseName, else the client\'s default database, else test; the env variable wins', async (t) => {
-  const client = new MongoClient(`${url}/fromurl`)
+  const client = new MongoClient(withDatabase(url, 'fromurl'))
   const lock = new ResourceLock({ client })
   const key = `db-${Date.now()}`
   await lock.lock([key])
@@ -228,7 +228,7 @@ test('database: databaseName, else the client\'s default database, else test; th
   await lock.close()
 
   const plain = new MongoClient(url)
-  const inTest = new ResourceLock({ url })
+  const inTest = new ResourceLock({ url: withDatabase(url, '') })
   await inTest.lock([key])
   t.truthy(await plain.db('test').collection('_locks').findOne({ id: key }))
   await inTest.unlock([key])

@@ -16,3 +16,14 @@ export async function freshDatabase (t) {
   })
   return { name, client, db: client.db(name) }
 }
+
+/**
+ * `url` with `name` as its default database, keeping its hosts and options:
+ * `mongodb://a:1,b:2/?replicaSet=rs` has no path a URL parser could set.
+ */
+export function withDatabase (url, name) {
+  const [base, ...options] = url.split('?')
+  const hostsEnd = base.indexOf('/', base.indexOf('://') + 3)
+  const hosts = hostsEnd === -1 ? base : base.slice(0, hostsEnd)
+  return `${hosts}/${name}${options.length ? `?${options.join('?')}` : ''}`
+}

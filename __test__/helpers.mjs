@@ -5,7 +5,7 @@ import { url } from './database.mjs'
 
 const require = createRequire(import.meta.url)
 export const { ResourceLock, LockError } = require('../index.js')
-export { freshDatabase, url } from './database.mjs'
+export { freshDatabase, url, withDatabase } from './database.mjs'
 
 /** An addon ResourceLock on its own client, closed after the test. */
 export function addonLock (t, databaseName, options = {}) {
