@@ -16,7 +16,7 @@ use crate::lease::HoldOptions;
 use crate::local_queue::LocalTurn;
 use crate::rejoin::{self, Taken};
 use crate::release_feed::{HandOver, Subscription, Wake};
-use crate::shared::{Shared, Ticket};
+use crate::shared::{Shared, Ticket, LATE_WRITE};
 use crate::store::{Blocker, Held, Queued, AFTER_DELETE};
 
 #[derive(Debug, Clone)]
@@ -168,14 +168,6 @@ impl Wait<'_> {
         joined
     }
 
-    /// Leaves the queue in the background after giving up, releasing the lock if it
-    /// was handed to us in the meantime.
-    fn leave_queue(&self, owner: &str, ticket: Ticket) {
-        let lease = self.options.hold.lease;
-        let shared = self.shared;
-        shared.give_up_in_background(self.key, owner.to_owned(), lease, ticket, None);
-    }
-
     async fn insert(&self, owner: &str) -> Result<Option<Held>> {
         let (shared, key, me) = (self.shared.clone(), self.key.clone(), owner.to_owned());
         let lease = Some(self.options.hold.lease);
@@ -235,13 +227,18 @@ impl Wait<'_> {
         taken: Option<Taken>,
         ticket: Ticket,
     ) -> Result<(Held, Ticket)> {
-        let mut queued = taken.is_some();
-        match self.attempts(owner, &mut queued, taken).await {
-            Ok(held) => Ok((held, ticket)),
+        let mut exit = QueueExit {
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+            owner: owner.to_owned(),
+            lease: self.options.hold.lease,
+            ticket: Some(ticket),
+            queued: taken.is_some(),
+        };
+        match self.attempts(owner, &mut exit.queued, taken).await {
+            Ok(held) => Ok((held, exit.held())),
             Err(e) => {
-                if queued {
-                    self.leave_queue(owner, ticket);
-                }
+                exit.leave(None);
                 Err(e)
             }
         }
@@ -417,6 +414,46 @@ impl Wait<'_> {
         let earliest = self.shared.store.server_now().await?.earliest;
         let millis = (expiry.timestamp_millis() - earliest).max(0) as u64;
         Ok(Some(Duration::from_millis(millis + 1)))
+    }
+}
+
+/// A wait's ticket, and whether it may be in the lock's queue: a wait that ends
+/// without the lock leaves the queue in the background, releasing the lock if it was
+/// handed to it meanwhile. Also when the wait is dropped unfinished (the binding drops
+/// it when the server refuses our credentials): then a write of its may still be on
+/// its way, so the queue is left a second time `LATE_WRITE` later.
+struct QueueExit {
+    shared: Arc<Shared>,
+    key: LockKey,
+    owner: String,
+    lease: Duration,
+    ticket: Option<Ticket>,
+    queued: bool,
+}
+
+impl QueueExit {
+    /// The wait ended with the lock: the ticket goes on until the hold is registered.
+    fn held(mut self) -> Ticket {
+        self.ticket.take().expect("a wait ends once")
+    }
+
+    fn leave(&mut self, again_after: Option<Duration>) {
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        // Without a runtime (the process is ending) nothing could run the write.
+        if !self.queued || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let owner = std::mem::take(&mut self.owner);
+        let shared = &self.shared;
+        shared.give_up_in_background(&self.key, owner, self.lease, ticket, again_after);
+    }
+}
+
+impl Drop for QueueExit {
+    fn drop(&mut self) {
+        self.leave(Some(LATE_WRITE));
     }
 }
 

@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::key::LockKey;
 use crate::local_queue::{KeySlot, LocalTurn, Reserved, REJOIN_WINDOW};
 use crate::release_feed::{Subscription, Wake};
-use crate::shared::{Shared, Ticket};
+use crate::shared::{Shared, Ticket, LATE_WRITE};
 use crate::store::{Blocker, PassedOn, Rejoined};
 
 /// A place in the queue, for the caller that takes it: it waits under `owner` for
@@ -159,8 +159,3 @@ async fn watch_unclaimed(
     };
     !slot.abandon(owner) || matches!(woke, Some(Wake::Deleted))
 }
-
-/// How long after a failed write its place is given up a second time: the write may
-/// have been applied, or may still reach the server after the driver gave up on it (a
-/// connection lost with the write on its way).
-const LATE_WRITE: Duration = Duration::from_secs(1);

@@ -135,6 +135,27 @@ async fn a_waiter_that_gives_up_leaves_the_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_waiter_dropped_while_queued_leaves_the_queue() {
+    // The binding drops a wait when the server refuses our credentials.
+    let (service, client, db) = service().await;
+    let locks = locks(&client, &db);
+    let key = LockKey::Str("dropped".into());
+    let held = service.acquire(&key, &options(5_000, 5_000)).await.unwrap();
+    let other = other_process(&db).await;
+    let waiting = {
+        let (other, key) = (other.clone(), key.clone());
+        tokio::spawn(async move { other.acquire(&key, &options(5_000, 5_000)).await })
+    };
+    queued(&locks, "dropped", 1).await;
+    waiting.abort();
+    queued(&locks, "dropped", 0).await;
+    // Released with nobody queued, the lock is deleted, not handed to the dropped wait.
+    assert!(held.release().await.unwrap());
+    assert_eq!(locks.count_documents(doc! {}).await.unwrap(), 0);
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_lock_handed_to_a_vanished_waiter_is_taken_over_when_its_lease_ends() {
     let (service, client, db) = service().await;
     let locks = locks(&client, &db);
