@@ -288,7 +288,7 @@ impl Wait<'_> {
         queued: &mut bool,
         subscription: &mut Option<Subscription>,
     ) -> Result<InTheWay> {
-        if !self.may_queue(subscription).await? {
+        if !self.may_queue(owner, subscription).await? {
             if let Some(held) = self.insert(owner).await? {
                 return Ok(InTheWay::Ours(held));
             }
@@ -302,7 +302,8 @@ impl Wait<'_> {
         }
         let live = subscription.as_ref().is_some_and(|s| s.live);
         *queued |= live;
-        self.in_the_way(live, owner).await
+        let queued_with = subscription.as_ref().filter(|_| live);
+        self.in_the_way(queued_with, owner).await
     }
 
     async fn subscribe(&self) -> Result<Subscription> {
@@ -312,28 +313,37 @@ impl Wait<'_> {
 
     /// Whether this waiter can hear its turn come, and so may queue at once instead
     /// of first trying to insert: the release feed is live, because this waiter
-    /// already subscribed, or another caller of this process keeps it open.
-    async fn may_queue(&self, subscription: &mut Option<Subscription>) -> Result<bool> {
+    /// already subscribed, or another caller of this process keeps it open. Then it
+    /// subscribes deferred, to listen once its place is known (`listening.rs`).
+    async fn may_queue(
+        &self,
+        owner: &str,
+        subscription: &mut Option<Subscription>,
+    ) -> Result<bool> {
         if self.options.wait_timeout.is_zero() {
             return Ok(false);
         }
-        if subscription.is_none() && self.shared.feed.is_live() {
-            *subscription = Some(self.subscribe().await?);
+        if subscription.is_none() {
+            *subscription = self.shared.feed.subscribe_deferred_if_live(owner);
         }
         Ok(subscription.as_ref().is_some_and(|s| s.live))
     }
 
-    /// The lock in our way, having joined its queue if we can hear our turn come;
-    /// or the lock itself, if the key was free or it was handed to us meanwhile.
-    async fn in_the_way(&self, queue: bool, owner: &str) -> Result<InTheWay> {
-        if !queue {
+    /// The lock in our way, having joined its queue if we can hear our turn come
+    /// (through `releases`, told our place); or the lock itself, if the key was free or
+    /// it was handed to us meanwhile.
+    async fn in_the_way(&self, releases: Option<&Subscription>, owner: &str) -> Result<InTheWay> {
+        let Some(releases) = releases else {
             let found = self
                 .interruptible(self.shared.store.blocker(self.key))
                 .await?;
             return Ok(found.map_or(InTheWay::Nothing, InTheWay::Lock));
-        }
+        };
         Ok(match self.take_or_enqueue(owner).await? {
-            Some(Queued::Behind(blocker)) => InTheWay::Lock(blocker),
+            Some(Queued::Behind { blocker, places }) => {
+                releases.place(places);
+                InTheWay::Lock(blocker)
+            }
             Some(Queued::Ours(held)) => InTheWay::Ours(held),
             Some(Queued::Unconfirmed) => self
                 .claim(owner)

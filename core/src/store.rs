@@ -430,8 +430,9 @@ pub enum Queued {
     Ours(Held),
     /// Ours, but with too little of its lease left to start on: to be claimed.
     Unconfirmed,
-    /// Another holds it; we are in its queue.
-    Behind(Blocker),
+    /// Another holds it; we are in its queue, with `places` hand-overs to come before
+    /// our turn.
+    Behind { blocker: Blocker, places: u32 },
 }
 
 /// What `pass_on_rejoining` did.
@@ -487,7 +488,7 @@ impl LockStore {
                 document::take_or_enqueue(owner, expiry, passes_until),
             )
             .upsert(true)
-            .projection(doc! { "_id": 1, OWNER: 1, LEASE_EXPIRES_AT: 1 })
+            .projection(doc! { "_id": 1, OWNER: 1, LEASE_EXPIRES_AT: 1, QUEUE: 1 })
             .return_document(ReturnDocument::After)
             .session(&mut session)
             .await;
@@ -499,7 +500,9 @@ impl LockStore {
             Err(e) => return Err(e),
         };
         if found.get_str(OWNER).ok() != Some(owner) {
-            return Ok(Some(Queued::Behind(Blocker::from(&found))));
+            let blocker = Blocker::from(&found);
+            let places = place_in_queue(&found, owner);
+            return Ok(Some(Queued::Behind { blocker, places }));
         }
         let Some(token) = self.fencing_token(key, owner, &session).await? else {
             return Ok(None);
@@ -696,6 +699,16 @@ impl LockStore {
 /// The number of tickets in the queue of `found`.
 fn queue_length(found: &Document) -> u32 {
     found.get_array(QUEUE).map_or(0, |queue| queue.len() as u32)
+}
+
+/// How many hand-overs come before the turn of `owner` in the queue of `found`: its
+/// ticket's place, counted from 1 (the queue's length if it is not there).
+fn place_in_queue(found: &Document, owner: &str) -> u32 {
+    let Ok(queue) = found.get_array(QUEUE) else {
+        return 0;
+    };
+    let at = queue.iter().position(|t| t.as_str() == Some(owner));
+    at.map_or(queue.len(), |i| i + 1) as u32
 }
 
 /// The fields `passed_on` reads.
