@@ -276,6 +276,9 @@ impl Wait<'_> {
                 if let Some(held) = self.handed_over(handed, owner).await? {
                     return Ok(held);
                 }
+                // The turn came to nothing (its lease had run out): the wait goes on
+                // another way than its place foresaw.
+                releases.listen_now();
             }
         }
     }

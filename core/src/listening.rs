@@ -171,9 +171,10 @@ impl Deferral {
         self.listening.changed.notify_one();
     }
 
-    /// Listens from now on, until its turn: its wait goes on in another way than the
-    /// place foresaw (the lock it queued for was deleted, events were lost, or the turn
-    /// it heard came to nothing), so what it waited is no measure of the queue either.
+    /// Listens from now, until it is placed again: its wait goes on in another way than
+    /// the place foresaw (the lock it queued for was deleted, events were lost, or the
+    /// turn it heard came to nothing). Neither this wait nor a later one of the same
+    /// subscription is a measure of the queue any more.
     pub fn listen_now(&self) {
         let mut state = self.listening.state();
         if let Some(deferred) = state.deferred.get_mut(&self.id) {
@@ -318,8 +319,12 @@ mod tests {
         assert_eq!(listening.state().per_place, Some(4 * MS));
         assert!(waiter.is_done());
         assert_eq!(listening.ask(1), Ask::NotBefore(None));
-        // Queued again after that, its wait teaches nothing either.
+        // Placed again after that, it defers as foreseen, but its wait teaches nothing.
         waiter.place(10);
+        let Ask::NotBefore(Some(from)) = listening.ask(1) else {
+            panic!("listens at once");
+        };
+        assert_eq!(from, Instant::now() + deferral(Some(4 * MS), 10));
         tokio::time::advance(200 * MS).await;
         listening.handed_to("w");
         assert_eq!(listening.state().per_place, Some(4 * MS));

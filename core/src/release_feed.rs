@@ -115,8 +115,9 @@ impl Subscription {
         }
     }
 
-    /// A deferred subscription listens from now on: its wait went another way.
-    fn listen_now(&self) {
+    /// A deferred subscription listens from now, until it is placed again; none of its
+    /// waits teaches the pace any more: its wait went another way than foreseen.
+    pub fn listen_now(&self) {
         if let Some(deferral) = &self.deferral {
             deferral.listen_now();
         }
@@ -136,7 +137,8 @@ impl Subscription {
         if !self.live {
             return std::future::pending().await;
         }
-        // A turn it heard came to nothing (the lease had run out), and it waits again.
+        // Never placed (its write did not queue it), or its turn was heard already:
+        // nothing foresees when to listen.
         if self.deferral.as_ref().is_some_and(Deferral::is_done) {
             self.listen_now();
         }

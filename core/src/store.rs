@@ -702,13 +702,13 @@ fn queue_length(found: &Document) -> u32 {
 }
 
 /// How many hand-overs come before the turn of `owner` in the queue of `found`: its
-/// ticket's place, counted from 1 (the queue's length if it is not there).
+/// ticket's place, counted from 1; 0 (listen at once) if it is not there.
 fn place_in_queue(found: &Document, owner: &str) -> u32 {
     let Ok(queue) = found.get_array(QUEUE) else {
         return 0;
     };
     let at = queue.iter().position(|t| t.as_str() == Some(owner));
-    at.map_or(queue.len(), |i| i + 1) as u32
+    at.map_or(0, |i| i + 1) as u32
 }
 
 /// The fields `passed_on` reads.
@@ -743,5 +743,19 @@ fn duplicate_key_or(error: mongodb::error::Error, key: &LockKey) -> LockError {
             }
         }
         _ => LockError::Mongo(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_place_in_the_queue_counts_the_hand_overs_up_to_the_owners_turn() {
+        let found = doc! { QUEUE: ["a", "b", "c"] };
+        assert_eq!(place_in_queue(&found, "a"), 1);
+        assert_eq!(place_in_queue(&found, "c"), 3);
+        assert_eq!(place_in_queue(&found, "z"), 0);
+        assert_eq!(place_in_queue(&doc! {}, "a"), 0);
     }
 }
