@@ -24,7 +24,10 @@ test('a server restart: in-flight calls reject, no two holders, work resumes, wo
   await sleep(2_000)
   await server.stop('SIGKILL')
   const downAt = Date.now()
-  await sleep(1_500)
+  // Twice the selection timeout: a call that needs the server in the first half of
+  // the outage surely times out. Down for about the timeout alone, whether any call
+  // timed out came down to milliseconds (runs rejected 1, 1, 1 and 0 calls).
+  await sleep(3_000)
   server = await startServer({ port, storagePath: storage })
   const upAt = Date.now()
   t.log(`server down for ${upAt - downAt} ms`)
