@@ -99,18 +99,15 @@ pub struct Subscription {
 impl Subscription {
     /// A second view of the feed, from now on, deferred as this one was before `place`.
     pub fn again(&self) -> Subscription {
-        let Some(deferral) = self.deferral.as_ref().map(Deferral::again) else {
-            return Subscription {
-                released: self.released.resubscribe(),
-                deferral: None,
-                live: self.live,
-            };
-        };
+        // The deferral before the receiver, as in `subscribe_deferred_if_live`.
+        let deferral = self.deferral.as_ref().map(Deferral::again);
         let released = self.released.resubscribe();
-        deferral.subscribed();
+        if let Some(deferral) = &deferral {
+            deferral.subscribed();
+        }
         Subscription {
             released,
-            deferral: Some(deferral),
+            deferral,
             live: self.live,
         }
     }

@@ -15,12 +15,12 @@ use crate::local_queue::LocalQueues;
 use crate::release_feed::ReleaseFeed;
 use crate::store::LockStore;
 
-/// Attempts at taking a ticket out of a queue, the first pause between them, doubling.
 /// How long after a write that may have queued us, but whose outcome we do not know,
 /// the queue is left a second time: the write may have been applied, or may still
 /// reach the server after the driver gave up on it (a connection lost with the write
 /// on its way).
 pub(crate) const LATE_WRITE: Duration = Duration::from_secs(1);
+/// Attempts at taking a ticket out of a queue, the first pause between them, doubling.
 const GIVE_UP_ATTEMPTS: u32 = 3;
 const GIVE_UP_PAUSE: Duration = Duration::from_millis(100);
 

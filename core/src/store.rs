@@ -587,7 +587,7 @@ impl LockStore {
             Some(d) => match passed_on(&d, owner) {
                 PassedOn::HandedOver => Rejoined::Behind {
                     blocker: Blocker::from(&d),
-                    places: queue_length(&d),
+                    places: place_in_queue(&d, next_owner),
                 },
                 passed => Rejoined::Not(passed),
             },
@@ -694,11 +694,6 @@ impl LockStore {
         }
         Ok(())
     }
-}
-
-/// The number of tickets in the queue of `found`.
-fn queue_length(found: &Document) -> u32 {
-    found.get_array(QUEUE).map_or(0, |queue| queue.len() as u32)
 }
 
 /// How many hand-overs come before the turn of `owner` in the queue of `found`: its
