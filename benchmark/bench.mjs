@@ -45,10 +45,10 @@ async function withLock (impl, fn) {
 }
 
 /** Runs `processes` contender processes on one key, started together. */
-async function contend (impl, processes, callers, seconds) {
+async function contend (impl, processes, callers, seconds, pause = 0) {
   const databaseName = `bench_${impl}_procs_${Date.now()}`
   const children = Array.from({ length: processes }, () => spawn(process.execPath,
-    [path.join(here, 'contender.mjs'), impl, databaseName, String(callers)], { stdio: ['pipe', 'pipe', 'inherit'] }))
+    [path.join(here, 'contender.mjs'), impl, databaseName, String(callers), String(pause)], { stdio: ['pipe', 'pipe', 'inherit'] }))
   const lines = children.map((child) => readline.createInterface({ input: child.stdout })[Symbol.asyncIterator]())
   await Promise.all(lines.map((it) => it.next()))
   // Once all are connected, each gets the same deadline as its start signal.
@@ -117,6 +117,11 @@ const workloads = {
     return contend(impl, 4, 1, 4)
   },
   scaling,
+  // Workers that do something else between two holds: a process that comes back after
+  // its hand-over's place was given up queues with a write of its own.
+  async pausing32 (impl) {
+    return contend(impl, 32, 1, 4, 60)
+  },
   // Parts and samples: see memory.mjs. Growth is from the sample after the first tenth
   // of the cycles (warm-up) to the last; the held figures are of the first round, the
   // last two after it returned and after a second round.

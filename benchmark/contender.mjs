@@ -1,11 +1,12 @@
-// One process of the four-process workload: `callers` callers loop on one key with a
-// 1 ms critical section; prints "ready" once connected, starts when a deadline (epoch
-// ms) arrives on stdin, runs until then, and prints their turns and waits as JSON.
-// argv: <impl> <databaseName> <callers>
+// One process of the many-process workloads: `callers` callers loop on one key with a
+// 1 ms critical section, pausing `pause` ms between calls; prints "ready" once
+// connected, starts when a deadline (epoch ms) arrives on stdin, runs until then, and
+// prints their turns and waits as JSON.
+// argv: <impl> <databaseName> <callers> [pause]
 import { MongoClient } from 'mongodb'
 import { contendOnOneKey } from './one-key.mjs'
 
-const [impl, databaseName, callers] = process.argv.slice(2)
+const [impl, databaseName, callers, pause = '0'] = process.argv.slice(2)
 const url = process.env.MONGODB_URL
 // Only the measured implementation is loaded: importing the original also starts the
 // OpenTelemetry SDK of its tracing dependency, which would then record this package's
@@ -17,6 +18,6 @@ const lock = new ResourceLock({ client: new MongoClient(url), databaseName })
 await lock.doWhileLocked([`warm-${process.pid}`], () => {})
 process.stdout.write('ready\n')
 const until = Number(String(await new Promise((resolve) => process.stdin.once('data', resolve))))
-process.stdout.write(JSON.stringify(await contendOnOneKey(lock, Number(callers), until)) + '\n')
+process.stdout.write(JSON.stringify(await contendOnOneKey(lock, Number(callers), until, Number(pause))) + '\n')
 await lock.close()
 process.exit(0)

@@ -1,8 +1,9 @@
-// The contended workload's callers, shared by the one-process and the four-process
-// runs: `callers` callers loop on one key with a 1 ms critical section until `until`.
+// The contended workload's callers, shared by the one-process and the many-process
+// runs: `callers` callers loop on one key with a 1 ms critical section until `until`,
+// each pausing `pause` ms between the end of one call and the next.
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
-export async function contendOnOneKey (lock, callers, until) {
+export async function contendOnOneKey (lock, callers, until, pause = 0) {
   const turns = new Array(callers).fill(0)
   const waits = []
   await Promise.all(turns.map(async (_, caller) => {
@@ -17,6 +18,7 @@ export async function contendOnOneKey (lock, callers, until) {
       } catch {
         waits.push(Date.now() - asked)
       }
+      if (pause) await sleep(pause)
     }
   }))
   return { turns, waits }
