@@ -45,8 +45,9 @@ const MAX_DEFERRAL: Duration = Duration::from_millis(250);
 /// when it was faster than the average, a tenth when it was slower. A waiter that
 /// defers too long stalls everyone behind it until it hears its turn; with one weight
 /// for both, those stalls taught slower paces, longer deferrals and more stalls, and
-/// a queue of 32 processes took seconds to reach its pace (A/B on one fresh server,
-/// first 4 s of 12: 143-216 hand-overs/s with a weight of 1/4, 267-287 with these).
+/// a queue of 32 processes took seconds to reach its pace (A/B, a fresh server per
+/// round, first 4 s of 12: 143-216 hand-overs/s with a weight of 1/4, 267-287 with
+/// these).
 const FASTER_WEIGHT: f64 = 0.5;
 const SLOWER_WEIGHT: f64 = 0.1;
 /// What part of its measure the first wait of a process counts: it ran with nobody of
