@@ -9,6 +9,7 @@
 //! Where the deployment offers no change streams (a standalone server) the feed
 //! reports itself unavailable and waiters poll with jittered exponential backoff.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,6 +71,13 @@ struct Inner {
     /// brings this process only the hand-overs meant for it: with many processes
     /// queued on one key, each hand-over wakes one of them, not all.
     owner_prefix: String,
+    /// How many owner ids this feed handed out: the rest of each id. A counter, not a
+    /// random id, to keep ids short: every queued id is in the lock's `queue`, which
+    /// each hand-over rewrites and each process's stream reads through. With 32
+    /// processes on one key, ids of 45 characters against about 15: server CPU per
+    /// hand-over 2.46 against 2.32 ms, 307 against 318 hand-overs/s after the first
+    /// 4 s (medians of ten 8 s runs, A/B, a fresh server per round).
+    owners: AtomicU64,
     released: broadcast::Sender<Change>,
     state: watch::Sender<FeedState>,
     running: Mutex<Running>,
@@ -179,6 +187,7 @@ impl ReleaseFeed {
         ReleaseFeed {
             inner: Arc::new(Inner {
                 owner_prefix: format!("{}-", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+                owners: AtomicU64::new(0),
                 released: broadcast::channel(1024).0,
                 state: watch::channel(FeedState::Starting).0,
                 running: Mutex::new(Running::No),
@@ -195,11 +204,8 @@ impl ReleaseFeed {
 
     /// A new owner id for an acquisition by one of this feed's waiters.
     pub fn new_owner(&self) -> String {
-        format!(
-            "{}{}",
-            self.inner.owner_prefix,
-            uuid::Uuid::new_v4().simple()
-        )
+        let n = self.inner.owners.fetch_add(1, Ordering::Relaxed);
+        format!("{}{n:x}", self.inner.owner_prefix)
     }
 
     /// Subscribes to the turn of `owner` if the stream is live now, without waiting;
@@ -430,14 +436,17 @@ mod tests {
     }
 
     #[test]
-    fn a_feed_owns_the_ids_it_hands_out_and_no_other_feeds() {
+    fn a_feed_hands_out_distinct_ids_that_no_other_feed_owns() {
         let ours = ReleaseFeed::new(CancellationToken::new());
         let theirs = ReleaseFeed::new(CancellationToken::new());
         let prefix = ours.inner.owner_prefix.clone();
         let end = prefix_end(&prefix);
         let inside = |id: &str| prefix.as_str() <= id && id < end.as_str();
-        assert!((0..100).all(|_| inside(&ours.new_owner())));
+        let owners: Vec<String> = (0..100).map(|_| ours.new_owner()).collect();
+        assert!(owners.iter().all(|owner| inside(owner)));
         assert!((0..100).all(|_| !inside(&theirs.new_owner())));
+        let distinct: std::collections::HashSet<&String> = owners.iter().collect();
+        assert_eq!(distinct.len(), owners.len());
     }
 
     #[test]
