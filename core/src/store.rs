@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::document::{
     self, CONTENDED, FENCES_COLLECTION, ID, LEASE_EXPIRES_AT, LOCKED_AT, LOCKS_COLLECTION, OWNER,
-    QUEUE,
+    QUEUE, SERVED,
 };
 use crate::error::{LockError, Result, DUPLICATE_KEY};
 use crate::key::LockKey;
@@ -254,12 +254,12 @@ impl LockStore {
             .locks
             .find_one_and_update(
                 doc! { "_id": blocker.doc_id.clone(), ID: key.to_bson(), LEASE_EXPIRES_AT: expired_at },
-                doc! {
-                    "$set": document::new_owner(owner, expiry),
+                vec![
+                    doc! { "$set": document::new_owner(owner, expiry) },
+                    doc! { "$set": document::leave_queue(owner) },
                     // The marks were meant for the previous holder's process.
-                    "$unset": { CONTENDED: "" },
-                    "$pull": { QUEUE: owner },
-                },
+                    doc! { "$unset": CONTENDED },
+                ],
             )
             .projection(doc! { "_id": 1 })
             .session(&mut session)
@@ -488,7 +488,7 @@ impl LockStore {
                 document::take_or_enqueue(owner, expiry, passes_until),
             )
             .upsert(true)
-            .projection(doc! { "_id": 1, OWNER: 1, LEASE_EXPIRES_AT: 1, QUEUE: 1 })
+            .projection(doc! { "_id": 1, OWNER: 1, LEASE_EXPIRES_AT: 1, QUEUE: 1, SERVED: 1 })
             .return_document(ReturnDocument::After)
             .session(&mut session)
             .await;
@@ -525,7 +525,10 @@ impl LockStore {
             .locks
             .update_one(
                 doc! { ID: key.to_bson(), OWNER: owner },
-                doc! { "$set": { LEASE_EXPIRES_AT: expiry }, "$pull": { QUEUE: owner } },
+                vec![
+                    doc! { "$set": { LEASE_EXPIRES_AT: expiry } },
+                    doc! { "$set": document::leave_queue(owner) },
+                ],
             )
             .session(&mut session)
             .await?;
@@ -684,8 +687,8 @@ impl LockStore {
         let left = self
             .locks
             .update_one(
-                doc! { ID: key.to_bson(), QUEUE: owner },
-                doc! { "$pull": { QUEUE: owner } },
+                doc! { ID: key.to_bson(), "$expr": document::waits(owner) },
+                vec![doc! { "$set": document::leave_queue(owner) }],
             )
             .await?;
         // A ticket still queued was never handed the lock.
@@ -697,18 +700,27 @@ impl LockStore {
 }
 
 /// How many hand-overs come before the turn of `owner` in the queue of `found`: its
-/// ticket's place, counted from 1; 0 (listen at once) if it is not there.
+/// ticket's place among the waiting ones, counted from 1; 0 (listen at once) if it
+/// does not wait there.
 fn place_in_queue(found: &Document, owner: &str) -> u32 {
     let Ok(queue) = found.get_array(QUEUE) else {
         return 0;
     };
-    let at = queue.iter().position(|t| t.as_str() == Some(owner));
+    let served = match found.get(SERVED) {
+        Some(Bson::Int32(n)) => *n as usize,
+        Some(Bson::Int64(n)) => *n as usize,
+        _ => 0,
+    };
+    let at = queue
+        .iter()
+        .skip(served)
+        .position(|t| t.as_str() == Some(owner));
     at.map_or(0, |i| i + 1) as u32
 }
 
-/// The fields `passed_on` reads.
+/// The fields `passed_on` and `place_in_queue` read.
 fn passed_on_fields() -> Document {
-    doc! { OWNER: 1, QUEUE: 1, CONTENDED: 1 }
+    doc! { OWNER: 1, QUEUE: 1, SERVED: 1, CONTENDED: 1 }
 }
 
 /// What `pass_on` did, read from the document after its update: the owner is no
@@ -752,5 +764,14 @@ mod tests {
         assert_eq!(place_in_queue(&found, "c"), 3);
         assert_eq!(place_in_queue(&found, "z"), 0);
         assert_eq!(place_in_queue(&doc! {}, "a"), 0);
+    }
+
+    #[test]
+    fn served_tickets_are_no_places() {
+        let found = doc! { QUEUE: ["a", "b", "c"], SERVED: 2 };
+        assert_eq!(place_in_queue(&found, "a"), 0);
+        assert_eq!(place_in_queue(&found, "c"), 1);
+        let found = doc! { QUEUE: ["a", "b", "c"], SERVED: 1_i64 };
+        assert_eq!(place_in_queue(&found, "b"), 1);
     }
 }

@@ -21,12 +21,18 @@ fn locks(client: &mongodb::Client, db: &str) -> Collection<Document> {
     client.database(db).collection(document::LOCKS_COLLECTION)
 }
 
-/// The tickets queued on the lock of `key`.
+/// The tickets waiting in the queue of the lock of `key`.
 async fn tickets(locks: &Collection<Document>, key: &str) -> usize {
     let found = locks.find_one(doc! { "id": key }).await.unwrap();
-    found
-        .and_then(|d| d.get_array(document::QUEUE).ok().map(Vec::len))
-        .unwrap_or(0)
+    found.map_or(0, |d| waiting(&d).len())
+}
+
+/// The tickets of `found` that were not served yet.
+fn waiting(found: &Document) -> Vec<String> {
+    let served = found.get_i32(document::SERVED).unwrap_or(0) as usize;
+    let queue = found.get_array(document::QUEUE).map_or(&[][..], |q| &q[..]);
+    let tickets = queue.iter().skip(served);
+    tickets.map(|t| t.as_str().unwrap().to_owned()).collect()
 }
 
 /// Waits until `n` tickets are queued on `key`.
@@ -135,6 +141,67 @@ async fn a_waiter_that_gives_up_leaves_the_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_waiter_that_leaves_behind_a_served_ticket_keeps_the_next_ones_turn() {
+    let (service, client, db) = service().await;
+    let locks = locks(&client, &db);
+    let key = LockKey::Str("served".into());
+    let held = service.acquire(&key, &options(5_000, 5_000)).await.unwrap();
+    keep_passing(&locks, "served").await;
+    let waiter = |other: Arc<LockService>, wait_ms: u64| {
+        let key = key.clone();
+        tokio::spawn(async move { other.acquire(&key, &options(wait_ms, 5_000)).await })
+    };
+    let first = waiter(other_process(&db).await, 5_000);
+    queued(&locks, "served", 1).await;
+    let leaver = waiter(other_process(&db).await, 600);
+    queued(&locks, "served", 2).await;
+    let last = waiter(other_process(&db).await, 5_000);
+    queued(&locks, "served", 3).await;
+    assert!(held.release().await.unwrap());
+    let first = first.await.unwrap().unwrap();
+    let served = locks
+        .find_one(doc! { "id": "served" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(served.get_i32(document::SERVED), Ok(1), "{served:?}");
+    let leaver = leaver.await.unwrap();
+    assert!(
+        matches!(leaver, Err(LockError::WaitTimeout)),
+        "{:?}",
+        leaver.err()
+    );
+    let left = locks
+        .find_one(doc! { "id": "served" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(waiting(&left).len(), 1, "{left:?}");
+    // The ticket behind the leaver's is the next to be served, not skipped.
+    let handed = std::time::Instant::now();
+    assert!(first.release().await.unwrap());
+    let last = last.await.unwrap().unwrap();
+    assert!(
+        handed.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        handed.elapsed()
+    );
+    let now = locks
+        .find_one(doc! { "id": "served" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        now.get("_id"),
+        served.get("_id"),
+        "handed over, not inserted again"
+    );
+    assert_eq!(now.get_array(document::QUEUE).map(Vec::len), Ok(0));
+    assert!(last.release().await.unwrap());
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_waiter_dropped_while_queued_leaves_the_queue() {
     // The binding drops a wait when the server refuses our credentials.
     let (service, client, db) = service().await;
@@ -219,10 +286,7 @@ async fn a_hand_over_that_the_server_reports_as_a_replacement_wakes_its_waiter()
         .await
         .unwrap()
         .unwrap();
-    let ticket = found.get_array(document::QUEUE).unwrap()[0]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ticket = waiting(&found).remove(0);
     // What MongoDB 4.4 makes of `pass_on`'s update pipeline: a whole new document.
     let mut handed = document::new_lock(&key, &ticket, Some((from_now(5_000), from_now(60_000))));
     handed.insert("_id", found.get("_id").unwrap().clone());
