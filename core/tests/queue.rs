@@ -171,6 +171,8 @@ async fn a_waiter_that_leaves_behind_a_served_ticket_keeps_the_next_ones_turn() 
         "{:?}",
         leaver.err()
     );
+    // Its ticket leaves the queue in the background.
+    queued(&locks, "served", 1).await;
     let left = locks
         .find_one(doc! { "id": "served" })
         .await
@@ -342,6 +344,7 @@ async fn a_local_streak_gives_way_to_a_queued_process() {
 struct Sent {
     writes: AtomicUsize,
     reads: AtomicUsize,
+    get_mores: AtomicUsize,
     reads_answered: AtomicUsize,
 }
 
@@ -355,6 +358,7 @@ impl Sent {
                 match started.command_name.as_str() {
                     "insert" | "update" | "delete" | "findAndModify" => &counted.writes,
                     "find" => &counted.reads,
+                    "getMore" => &counted.get_mores,
                     _ => return,
                 }
                 .fetch_add(1, Ordering::SeqCst);
@@ -611,5 +615,62 @@ async fn close_gives_up_a_reserved_place_before_it_returns() {
     assert_eq!(tickets(&locks, "rejoin").await, 0);
     assert!(b_holds.release().await.unwrap());
     assert_eq!(locks.count_documents(doc! {}).await.unwrap(), 0);
+    client.database(&db).drop().await.unwrap();
+}
+
+/// Waits for `key` behind a holder of another process, which releases after `hold`;
+/// `ahead` more processes queue first and hold 20 ms each. Returns the getMores
+/// `waiter`'s client sent in the first 150 ms of its wait.
+async fn wait_behind(
+    waiter: &Arc<LockService>,
+    sent: &Sent,
+    locks: &Collection<Document>,
+    db: &str,
+    (ahead, hold): (usize, Duration),
+) -> usize {
+    let key = LockKey::Str("far".into());
+    let held = other_process(db)
+        .await
+        .acquire(&key, &options(5_000, 30_000))
+        .await;
+    keep_passing(locks, "far").await;
+    let mut before = Vec::new();
+    for n in 1..=ahead {
+        let (other, key) = (other_process(db).await, key.clone());
+        before.push(tokio::spawn(async move {
+            let guard = other.acquire(&key, &options(5_000, 30_000)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(guard.release().await.unwrap());
+        }));
+        queued(locks, "far", n).await;
+    }
+    let get_mores = sent.get_mores.load(Ordering::SeqCst);
+    let waits = {
+        let (waiter, key) = (waiter.clone(), key.clone());
+        tokio::spawn(async move { waiter.acquire(&key, &options(5_000, 30_000)).await })
+    };
+    queued(locks, "far", ahead + 1).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let asked = sent.get_mores.load(Ordering::SeqCst) - get_mores;
+    tokio::time::sleep(hold.saturating_sub(Duration::from_millis(150))).await;
+    assert!(held.unwrap().release().await.unwrap());
+    for other in before {
+        other.await.unwrap();
+    }
+    assert!(waits.await.unwrap().unwrap().release().await.unwrap());
+    asked
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiter_far_back_asks_the_server_nothing_until_its_turn_nears() {
+    let (waiter, client, db, sent) = counted_service().await;
+    let locks = locks(&client, &db);
+    let hold = Duration::from_millis(200);
+    // The first wait opens the change stream, which then listens at once: nothing of
+    // the pace is known yet, and the second wait teaches it (about 100 ms a place).
+    assert!(wait_behind(&waiter, &sent, &locks, &db, (0, hold)).await > 0);
+    assert!(wait_behind(&waiter, &sent, &locks, &db, (0, hold)).await > 0);
+    // Six places at 100 ms: its turn cannot come for about 250 ms (`MAX_DEFERRAL`).
+    assert_eq!(wait_behind(&waiter, &sent, &locks, &db, (5, hold)).await, 0);
     client.database(&db).drop().await.unwrap();
 }
