@@ -135,6 +135,24 @@ pub fn hand_over(lease_expires_at: DateTime, now: DateTime, rejoin: Option<&str>
     } }]
 }
 
+/// The update of a lock taken over by `owner`: its queue ticket goes, and so do the
+/// marks, which were meant for the previous holder's process.
+pub fn take_over(owner: &str, lease_expires_at: Option<DateTime>) -> Vec<Document> {
+    vec![
+        doc! { "$set": new_owner(owner, lease_expires_at) },
+        doc! { "$set": leave_queue(owner) },
+        doc! { "$unset": CONTENDED },
+    ]
+}
+
+/// The update that confirms a lock handed to `owner` with a new lease.
+pub fn claim(owner: &str, lease_expires_at: DateTime) -> Vec<Document> {
+    vec![
+        doc! { "$set": { LEASE_EXPIRES_AT: lease_expires_at } },
+        doc! { "$set": leave_queue(owner) },
+    ]
+}
+
 /// The stage that takes `owner`'s ticket out of the queue, where it waits; the served
 /// tickets go with it, as the queue is written whole.
 pub fn leave_queue(owner: &str) -> Document {

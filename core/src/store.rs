@@ -254,12 +254,7 @@ impl LockStore {
             .locks
             .find_one_and_update(
                 doc! { "_id": blocker.doc_id.clone(), ID: key.to_bson(), LEASE_EXPIRES_AT: expired_at },
-                vec![
-                    doc! { "$set": document::new_owner(owner, expiry) },
-                    doc! { "$set": document::leave_queue(owner) },
-                    // The marks were meant for the previous holder's process.
-                    doc! { "$unset": CONTENDED },
-                ],
+                document::take_over(owner, expiry),
             )
             .projection(doc! { "_id": 1 })
             .session(&mut session)
@@ -519,16 +514,16 @@ impl LockStore {
     /// new lease; `None` when it is not ours.
     pub async fn claim(&self, key: &LockKey, owner: &str, lease: Duration) -> Result<Option<Held>> {
         let sent_at = Instant::now();
-        let expiry = self.lease_expiry(Some(lease)).await?;
+        let expiry = self
+            .lease_expiry(Some(lease))
+            .await?
+            .expect("a lease was given");
         let mut session = self.db.client().start_session().await?;
         let claimed = self
             .locks
             .update_one(
                 doc! { ID: key.to_bson(), OWNER: owner },
-                vec![
-                    doc! { "$set": { LEASE_EXPIRES_AT: expiry } },
-                    doc! { "$set": document::leave_queue(owner) },
-                ],
+                document::claim(owner, expiry),
             )
             .session(&mut session)
             .await?;

@@ -15,6 +15,7 @@ use mongodb_resource_lock_core::{
 use tokio::sync::Mutex;
 
 mod common;
+mod model;
 use common::{database_name, options, other_process, server_url, service};
 
 fn locks(client: &mongodb::Client, db: &str) -> Collection<Document> {
