@@ -109,30 +109,36 @@ pub fn take_or_enqueue(
 /// few fields, until at least as many were served as wait: then the queue keeps only
 /// the waiting ones, so the document stays at most about twice their size, and a
 /// queue is empty exactly when nobody waits.
+///
+/// One `$cond` chooses between the changed document and the same one, so the server
+/// decides once whether it hands over, not once per field. With a `$cond` per field
+/// (as the `$set` of `take_or_enqueue` has) the pipeline cost 4 processes on one key
+/// 7% of their hand-overs (medians of seven 6 s runs on `secantusd-rs`, A/B, 422
+/// against 451.5 hand-overs/s); 32 processes were the same.
 pub fn hand_over(lease_expires_at: DateTime, now: DateTime, rejoin: Option<&str>) -> Vec<Document> {
     let handing = doc! { "$and": [
         { "$gt": [{ "$size": queue() }, served()] },
         { "$gt": [format!("${PASSES_UNTIL}"), now] },
     ] };
     let now = now_millis();
-    let either =
-        |then: Bson, field: &str| doc! { "$cond": [handing.clone(), then, format!("${field}")] };
     let grown = match rejoin {
         Some(owner) => doc! { "$concatArrays": [queue(), [owner]] },
         None => queue(),
     };
-    let now_served = doc! { "$add": [served(), 1] };
-    let left = doc! { "$subtract": [{ "$size": &grown }, &now_served] };
-    let trim = doc! { "$gte": [&now_served, left] };
-    let rest = doc! { "$slice": [&grown, &now_served, i32::MAX] };
-    vec![doc! { "$set": {
-        OWNER: either(doc! { "$arrayElemAt": [queue(), served()] }.into(), OWNER),
-        QUEUE: either(doc! { "$cond": [&trim, rest, grown] }.into(), QUEUE),
-        SERVED: either(doc! { "$cond": [trim, 0, now_served] }.into(), SERVED),
-        LEASE_EXPIRES_AT: either(lease_expires_at.into(), LEASE_EXPIRES_AT),
-        LOCKED_AT: either(Bson::Double(now as f64), LOCKED_AT),
-        "_meta_data.updated_at": either(millis_timestamp(now).into(), "_meta_data.updated_at"),
-    } }]
+    let trim = doc! { "$gte": ["$$served", { "$subtract": [{ "$size": "$$grown" }, "$$served"] }] };
+    let changed = doc! { "$let": {
+        "vars": { "grown": grown, "served": { "$add": [served(), 1] } },
+        "in": {
+            OWNER: { "$arrayElemAt": [queue(), served()] },
+            QUEUE: { "$cond": [&trim, { "$slice": ["$$grown", "$$served", i32::MAX] }, "$$grown"] },
+            SERVED: { "$cond": [trim, 0, "$$served"] },
+            LEASE_EXPIRES_AT: lease_expires_at,
+            LOCKED_AT: Bson::Double(now as f64),
+            META: { "$mergeObjects": [format!("${META}"), { "updated_at": millis_timestamp(now) }] },
+        },
+    } };
+    let whole = doc! { "$mergeObjects": ["$$ROOT", changed] };
+    vec![doc! { "$replaceWith": { "$cond": [handing, whole, "$$ROOT"] } }]
 }
 
 /// The update of a lock taken over by `owner`: its queue ticket goes, and so do the
