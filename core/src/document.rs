@@ -171,6 +171,19 @@ pub fn waits(owner: &str) -> Document {
     doc! { "$in": [owner, waiting()] }
 }
 
+/// The tickets of a lock document `found` that wait: its queue after the served ones.
+pub fn waiting_tickets(found: &Document) -> &[Bson] {
+    let Ok(queue) = found.get_array(QUEUE) else {
+        return &[];
+    };
+    let served = match found.get(SERVED) {
+        Some(Bson::Int32(n)) => *n as usize,
+        Some(Bson::Int64(n)) => *n as usize,
+        _ => 0,
+    };
+    queue.get(served..).unwrap_or_default()
+}
+
 fn queue() -> Document {
     doc! { "$ifNull": [format!("${QUEUE}"), []] }
 }

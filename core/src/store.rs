@@ -698,18 +698,8 @@ impl LockStore {
 /// ticket's place among the waiting ones, counted from 1; 0 (listen at once) if it
 /// does not wait there.
 fn place_in_queue(found: &Document, owner: &str) -> u32 {
-    let Ok(queue) = found.get_array(QUEUE) else {
-        return 0;
-    };
-    let served = match found.get(SERVED) {
-        Some(Bson::Int32(n)) => *n as usize,
-        Some(Bson::Int64(n)) => *n as usize,
-        _ => 0,
-    };
-    let at = queue
-        .iter()
-        .skip(served)
-        .position(|t| t.as_str() == Some(owner));
+    let waiting = document::waiting_tickets(found);
+    let at = waiting.iter().position(|t| t.as_str() == Some(owner));
     at.map_or(0, |i| i + 1) as u32
 }
 

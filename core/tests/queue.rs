@@ -30,9 +30,7 @@ async fn tickets(locks: &Collection<Document>, key: &str) -> usize {
 
 /// The tickets of `found` that were not served yet.
 fn waiting(found: &Document) -> Vec<String> {
-    let served = found.get_i32(document::SERVED).unwrap_or(0) as usize;
-    let queue = found.get_array(document::QUEUE).map_or(&[][..], |q| &q[..]);
-    let tickets = queue.iter().skip(served);
+    let tickets = document::waiting_tickets(found).iter();
     tickets.map(|t| t.as_str().unwrap().to_owned()).collect()
 }
 
