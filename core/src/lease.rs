@@ -33,7 +33,7 @@ pub struct HoldOptions {
 /// How long the holder trusts a lease it wrote at `sent`, on its own monotonic clock.
 ///
 /// A taker may act once the server's clock has surely passed `lease` after `sent`
-/// (`store::lease_expiry`, `store::take_over`). The holder stops earlier by the rate
+/// (`store::expiry_after`, `store::take_over`). The holder stops earlier by the rate
 /// difference its clock may have from the server's (`MAX_DRIFT`, twice over for
 /// safety), and by 1 ms for the millisecond rounding of stored dates.
 pub fn trusted(lease: Duration) -> Duration {

@@ -156,15 +156,16 @@ impl LockStore {
     /// past this value (`take_over`); so the errors of both estimates are covered
     /// and a takeover can only happen after the holder stopped trusting its lease
     /// (`lease.rs` also allows for the rate difference of the clocks).
+    pub async fn expiry_after(&self, lease: Duration) -> Result<DateTime> {
+        let latest = self.server_now().await?.latest;
+        Ok(DateTime::from_millis(latest + lease.as_millis() as i64))
+    }
+
+    /// `expiry_after` for a lock with a lease; none for one without.
     pub async fn lease_expiry(&self, lease: Option<Duration>) -> Result<Option<DateTime>> {
         match lease {
             None => Ok(None),
-            Some(lease) => {
-                let latest = self.server_now().await?.latest;
-                Ok(Some(DateTime::from_millis(
-                    latest + lease.as_millis() as i64,
-                )))
-            }
+            Some(lease) => self.expiry_after(lease).await.map(Some),
         }
     }
 
@@ -291,7 +292,7 @@ impl LockStore {
 
     /// Extends the lease of a lock we own. `false` when it is no longer ours.
     pub async fn renew(&self, key: &LockKey, owner: &str, lease: Duration) -> Result<bool> {
-        let expiry = self.lease_expiry(Some(lease)).await?;
+        let expiry = self.expiry_after(lease).await?;
         let result = self
             .locks
             .update_one(
@@ -467,14 +468,8 @@ impl LockStore {
         lease: Duration,
     ) -> Result<Option<Queued>> {
         self.ensure_indexes().await?;
-        let expiry = self
-            .lease_expiry(Some(lease))
-            .await?
-            .expect("a lease was given");
-        let passes_until = self
-            .lease_expiry(Some(PASSING))
-            .await?
-            .expect("a lease was given");
+        let expiry = self.expiry_after(lease).await?;
+        let passes_until = self.expiry_after(PASSING).await?;
         let mut session = self.db.client().start_session().await?;
         let found = self
             .locks
@@ -514,10 +509,7 @@ impl LockStore {
     /// new lease; `None` when it is not ours.
     pub async fn claim(&self, key: &LockKey, owner: &str, lease: Duration) -> Result<Option<Held>> {
         let sent_at = Instant::now();
-        let expiry = self
-            .lease_expiry(Some(lease))
-            .await?
-            .expect("a lease was given");
+        let expiry = self.expiry_after(lease).await?;
         let mut session = self.db.client().start_session().await?;
         let claimed = self
             .locks
