@@ -24,6 +24,7 @@ mod resource_ids;
 mod resource_lock;
 mod retained_value;
 mod returned;
+mod runtime;
 mod try_acquire;
 mod unlock;
 
