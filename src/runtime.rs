@@ -15,15 +15,25 @@
 
 use napi::bindgen_prelude::create_custom_tokio_runtime;
 
+/// Runs when the addon loads; napi-rs takes the runtime at its first use.
 #[napi_derive::module_init]
 fn init() {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // tokio reads `TOKIO_WORKER_THREADS` only when no count is given.
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        builder.worker_threads(1);
-    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads())
+        .enable_all()
+        .build();
     // Without a runtime of its own, napi-rs builds its default one at first use.
-    if let Ok(runtime) = builder.enable_all().build() {
+    if let Ok(runtime) = runtime {
         create_custom_tokio_runtime(runtime);
     }
+}
+
+/// `TOKIO_WORKER_THREADS` if it is a positive count, else 1. tokio would panic on
+/// any other value, and a panic here aborts the process as it loads the addon.
+fn worker_threads() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|value| value.trim().parse().ok())
+        .filter(|&count| count > 0)
+        .unwrap_or(1)
 }
