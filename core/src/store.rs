@@ -157,8 +157,7 @@ impl LockStore {
     /// and a takeover can only happen after the holder stopped trusting its lease
     /// (`lease.rs` also allows for the rate difference of the clocks).
     pub async fn expiry_after(&self, lease: Duration) -> Result<DateTime> {
-        let latest = self.server_now().await?.latest;
-        Ok(DateTime::from_millis(latest + lease.as_millis() as i64))
+        Ok(ends(self.server_now().await?.latest, lease))
     }
 
     /// `expiry_after` for a lock with a lease; none for one without.
@@ -591,8 +590,9 @@ impl LockStore {
         lease: Duration,
         rejoin: Option<&str>,
     ) -> Result<Option<Document>> {
+        // One reading of the clock for both, as `expiry_after` would take another.
         let latest = self.server_now().await?.latest;
-        let expiry = DateTime::from_millis(latest + lease.as_millis() as i64);
+        let expiry = ends(latest, lease);
         let now = DateTime::from_millis(latest);
         let mut fields = passed_on_fields();
         fields.insert(LEASE_EXPIRES_AT, 1);
@@ -684,6 +684,11 @@ impl LockStore {
         }
         Ok(())
     }
+}
+
+/// When a lease of `lease` ends if it starts at `latest` (ms on the server's clock).
+fn ends(latest: i64, lease: Duration) -> DateTime {
+    DateTime::from_millis(latest + lease.as_millis() as i64)
 }
 
 /// How many hand-overs come before the turn of `owner` in the queue of `found`: its
