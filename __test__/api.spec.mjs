@@ -110,8 +110,9 @@ test('a second caller runs after the first releases (original timing: 500-700 ms
 test('waitTimeout: 250 against a 1 s holder rejects with Unable to establish lock.', async (t) => {
   const { name } = await freshDatabase(t)
   const lock = addonLock(t, name)
-  const holding = lock.doWhileLocked(['busy'], () => sleep(1_000))
-  await sleep(20)
+  const inside = deferred()
+  const holding = lock.doWhileLocked(['busy'], () => { inside.resolve(); return sleep(1_000) })
+  await inside.promise
   const error = await t.throwsAsync(lock.doWhileLocked(['busy'], () => {}, { waitTimeout: 250 }))
   t.is(error.message, 'Unable to establish lock.')
   await holding

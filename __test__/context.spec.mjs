@@ -7,22 +7,23 @@ import test from 'ava'
 import { context, trace } from '@opentelemetry/api'
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks'
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base'
-import { addonLock, freshDatabase, sleep } from './helpers.mjs'
+import { addonLock, deferred, freshDatabase, sleep } from './helpers.mjs'
 
 test('an AsyncLocalStorage store set around the call is visible in the callback, also after waiting', async (t) => {
   const { name } = await freshDatabase(t)
   const lock = addonLock(t, name)
   const storage = new AsyncLocalStorage()
   t.deepEqual(await storage.run({ request: 1 }, () => lock.doWhileLocked(['als'], () => storage.getStore())), { request: 1 })
-  let release
-  const holding = lock.doWhileLocked(['als'], () => new Promise((resolve) => { release = resolve }))
-  await sleep(50)
+  const inside = deferred()
+  const released = deferred()
+  const holding = lock.doWhileLocked(['als'], () => { inside.resolve(); return released.promise })
+  await inside.promise
   const queued = [2, 3].map((request) => storage.run({ request }, () => lock.doWhileLocked(['als'], async () => {
     await sleep(5)
     return storage.getStore()
   }, { waitTimeout: 5_000 })))
   await sleep(50)
-  release()
+  released.resolve()
   await holding
   t.deepEqual(await Promise.all(queued), [{ request: 2 }, { request: 3 }])
   t.is(storage.getStore(), undefined)
@@ -34,15 +35,16 @@ test('the caller\'s store survives garbage collection while the call waits', asy
   const { name } = await freshDatabase(t)
   const lock = addonLock(t, name)
   const storage = new AsyncLocalStorage()
-  let release
-  const holding = lock.doWhileLocked(['gc'], () => new Promise((resolve) => { release = resolve }))
-  await sleep(50)
+  const inside = deferred()
+  const released = deferred()
+  const holding = lock.doWhileLocked(['gc'], () => { inside.resolve(); return released.promise })
+  await inside.promise
   const queued = storage.run({ request: 'queued' }, () => lock.doWhileLocked(['gc'], () => storage.getStore(), { waitTimeout: 5_000 }))
   for (let i = 0; i < 5; i++) {
     gc()
     await sleep(10)
   }
-  release()
+  released.resolve()
   await holding
   t.deepEqual(await queued, { request: 'queued' })
 })

@@ -20,14 +20,15 @@ test('a callback that outlived lockTimeout does not release the next holder\'s l
   const slowDone = deferred()
   const slow = lock.doWhileLocked(['k'], () => slowDone.promise, { lockTimeout: 200 })
   await t.throwsAsync(slow, { message: 'Lock interrupted by timeout' })
-  let releaseSecond
-  const second = lock.doWhileLocked(['k'], () => new Promise((resolve) => { releaseSecond = resolve }))
-  await sleep(100)
+  const secondInside = deferred()
+  const secondDone = deferred()
+  const second = lock.doWhileLocked(['k'], () => { secondInside.resolve(); return secondDone.promise })
+  await secondInside.promise
   slowDone.resolve('late') // the first callback ends now, while the second holds the key
   await sleep(100)
   t.is(await db.collection('_locks').countDocuments({ id: 'k' }), 1, 'the second holder still holds')
   await t.throwsAsync(lock.lock(['k']), { code: 11000 })
-  releaseSecond()
+  secondDone.resolve()
   await second
 })
 

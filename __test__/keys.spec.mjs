@@ -2,7 +2,7 @@
 // keeps exclusion between processes running either implementation.
 import test from 'ava'
 import { Decimal128, Long, ObjectId, UUID } from 'mongodb'
-import { addonLock, freshDatabase } from './helpers.mjs'
+import { addonLock, deferred, freshDatabase, sleep } from './helpers.mjs'
 
 const { ResourceLock: Original } = await import('@discue/mongodb-resource-client')
 
@@ -51,13 +51,19 @@ test('a Long and the number of the same value are one key, as in the unique inde
   const { name } = await freshDatabase(t)
   const lock = addonLock(t, name)
   const order = []
-  let release
-  const holding = lock.doWhileLocked([5], () => new Promise((resolve) => { release = resolve; order.push('number') }))
-  await new Promise((resolve) => setTimeout(resolve, 100))
+  const started = deferred()
+  const released = deferred()
+  const holding = lock.doWhileLocked([5], async () => {
+    order.push('number')
+    started.resolve()
+    await released.promise
+  })
+  await started.promise
+  t.is((await t.throwsAsync(lock.lock([new Long(5)]))).code, 11000, 'lock() of the Long finds the number\'s lock')
   const waiting = lock.doWhileLocked([new Long(5)], () => { order.push('long') }, { waitTimeout: 5_000 })
-  await new Promise((resolve) => setTimeout(resolve, 100))
+  await sleep(100)
   order.push('release')
-  release()
+  released.resolve()
   await Promise.all([holding, waiting])
   t.deepEqual(order, ['number', 'release', 'long'])
 })
