@@ -1,5 +1,5 @@
 // Locks as handles: acquire, tryAcquire, release, extend, await using, holder/isLocked.
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -174,6 +174,7 @@ test('await using releases the handle at the end of the block (TypeScript down-l
   const { outputText } = ts.transpileModule(source, { compilerOptions: { target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.CommonJS } })
   t.regex(outputText, /__addDisposableResource/, 'tsc down-levelled await using')
   const dir = mkdtempSync(path.join(os.tmpdir(), 'await-using-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const file = path.join(dir, 'await-using.cjs')
   writeFileSync(file, outputText)
   const { run } = await import(file)
