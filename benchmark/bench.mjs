@@ -23,6 +23,12 @@ const percentile = (values, p) => {
   const sorted = [...values].sort((a, b) => a - b)
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
 }
+// Of the rounds; `percentile(values, 50)` of two rounds would be the higher one.
+const median = (values) => {
+  const sorted = [...values].sort((a, b) => a - b)
+  const middle = sorted.length >> 1
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+}
 
 const implementations = {
   original: (databaseName) => new OriginalLock({ client: new MongoClient(url), databaseName }),
@@ -208,8 +214,8 @@ for (const [name, workload] of Object.entries(workloads).filter(([name]) => !onl
       runs[impl].push(await workload(impl))
     }
   }
-  const median = (impl) => Object.fromEntries(Object.keys(runs[impl][0]).map((k) => [k, percentile(runs[impl].map((r) => r[k]), 50)]))
-  results.workloads[name] = { original: median('original'), addon: median('addon') }
+  const medians = (impl) => Object.fromEntries(Object.keys(runs[impl][0]).map((k) => [k, median(runs[impl].map((r) => r[k]))]))
+  results.workloads[name] = { original: medians('original'), addon: medians('addon') }
 }
 
 const rows = []
