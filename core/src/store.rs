@@ -168,6 +168,13 @@ impl LockStore {
         }
     }
 
+    /// The ends of a lease and of its passing window (`PASSING`), from one reading of
+    /// the server's clock, as `expiry_after` takes it.
+    async fn lease_and_passing(&self, lease: Duration) -> Result<(DateTime, DateTime)> {
+        let latest = self.server_now().await?.latest;
+        Ok((ends(latest, lease), ends(latest, PASSING)))
+    }
+
     pub async fn server_now(&self) -> Result<ServerTime> {
         self.clock.now(&self.db).await
     }
@@ -184,13 +191,15 @@ impl LockStore {
     ) -> Result<Held> {
         self.ensure_indexes().await?;
         let sent_at = Instant::now();
-        let expiry = self.lease_expiry(lease).await?;
-        let passes_until = self.lease_expiry(Some(PASSING)).await?;
+        let lease_ends = match lease {
+            Some(lease) => Some(self.lease_and_passing(lease).await?),
+            None => None,
+        };
         let mut session = self.db.client().start_session().await?;
         let started = Instant::now();
         let inserted = self
             .locks
-            .insert_one(document::new_lock(key, owner, expiry.zip(passes_until)))
+            .insert_one(document::new_lock(key, owner, lease_ends))
             .session(&mut session)
             .await;
         self.observe_write(started.elapsed());
@@ -467,8 +476,7 @@ impl LockStore {
         lease: Duration,
     ) -> Result<Option<Queued>> {
         self.ensure_indexes().await?;
-        let expiry = self.expiry_after(lease).await?;
-        let passes_until = self.expiry_after(PASSING).await?;
+        let (expiry, passes_until) = self.lease_and_passing(lease).await?;
         let mut session = self.db.client().start_session().await?;
         let found = self
             .locks
