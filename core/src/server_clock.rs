@@ -70,14 +70,15 @@ impl Sample {
         }
     }
 
-    /// The server's time at `now`, widened by the drift allowed since the sample.
+    /// The server's time at `now`, widened by the drift allowed since the sample, and
+    /// by the part of a millisecond the elapsed time is rounded by: down for the
+    /// earliest, up for the latest.
     fn at(&self, now: Instant) -> ServerTime {
         let elapsed = now.saturating_duration_since(self.at);
         let drift = ceil_millis(elapsed.mul_f64(MAX_DRIFT));
-        let elapsed = elapsed.as_millis() as i64;
         ServerTime {
-            earliest: self.server_ms + elapsed - drift,
-            latest: self.server_ms + self.width_ms + elapsed + drift,
+            earliest: self.server_ms + elapsed.as_millis() as i64 - drift,
+            latest: self.server_ms + self.width_ms + ceil_millis(elapsed) + drift,
         }
     }
 }
@@ -176,5 +177,16 @@ mod tests {
         let now = sample.at(Instant::now());
         assert_eq!(now.earliest, 5_000 + 1_500 - 2);
         assert_eq!(now.latest, 5_000 + 1 + 1_500 + 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_part_of_a_millisecond_widens_the_interval_both_ways() {
+        let sample = Sample::from_reply(Instant::now(), Instant::now(), 5_000);
+        tokio::time::advance(Duration::from_micros(2_400)).await;
+        let now = sample.at(Instant::now());
+        assert_eq!(
+            (now.earliest, now.latest),
+            (5_000 + 2 - 1, 5_000 + 1 + 3 + 1)
+        );
     }
 }
