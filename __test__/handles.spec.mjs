@@ -5,7 +5,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import test from 'ava'
 import ts from 'typescript'
-import { LockError, addonLock, deferred, freshDatabase, sleep, url } from './helpers.mjs'
+import { LockError, addonLock, deferred, eventually, freshDatabase, sleep, url } from './helpers.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 
@@ -101,6 +101,23 @@ test('a handle whose lock is deleted behind its back aborts its signal; release 
   t.false(await handle.release(), 'nothing of its own left to release')
   t.truthy(await db.collection('_locks').findOne({ id: 'stolen' }), "the next holder's lock is still there")
   await next.release()
+})
+
+test('a lock whose lease ran out before it came back is never handed out', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  // A lease of 1 ms is over before any write comes back: nothing may start under it.
+  let called = 0
+  for (let i = 0; i < 10; i++) {
+    await t.throwsAsync(lock.acquire([`acquire-${i}`], { lease: 1 }), { instanceOf: LockError, code: 'ERR_LOCK_LOST' })
+    await t.throwsAsync(lock.tryAcquire([`try-${i}`], { lease: 1 }), { instanceOf: LockError, code: 'ERR_LOCK_LOST' })
+    await t.throwsAsync(lock.doWhileLocked([`call-${i}`], () => { called++ }, { lease: 1 }), { instanceOf: LockError, code: 'ERR_LOCK_LOST' })
+  }
+  t.is(called, 0, 'no callback ran')
+  const handle = await lock.acquire(['acquire-0'], { waitTimeout: 2_000 })
+  t.false(handle.signal.aborted, 'a lease long enough is held as before')
+  await handle.release()
+  t.true(await eventually(async () => await db.collection('_locks').countDocuments() === 0), 'the lost locks were released')
 })
 
 test('an abort while waiting rejects with an AbortError whose cause is the signal\'s reason', async (t) => {

@@ -98,6 +98,41 @@ test.serial('a holder cut off from the server is told no later than its lease de
   t.true(abortedAt - frozenAt <= lease + 500, `A was told ${Math.round(abortedAt - frozenAt)} ms after the freeze (lease ${lease} ms)`)
 })
 
+test.serial('an extend() asked while a renewal hangs is written as soon as that renewal returns: nobody takes over', async (t) => {
+  const { name } = await freshDatabase(t)
+  const proxy = await startProxy(new URL(url).port || 27017)
+  const holder = new ResourceLock({ url: throughProxy(url, proxy.port), databaseName: name })
+  t.teardown(async () => {
+    proxy.thaw()
+    await holder.close().catch(() => {})
+    await proxy.stop()
+  })
+  const taker = addonLock(t, name)
+  await holder.doWhileLocked(['warm-up'], () => {})
+  await taker.doWhileLocked(['warm-up'], () => {})
+
+  const lease = 3_000
+  const handle = await holder.acquire(['extended'], { lease })
+  const heldAt = now()
+  await sleep(700)
+  proxy.freeze() // the renewal due a third of the lease in hangs
+  await sleep(500)
+  let extendedAt
+  const extending = settled(handle.extend(30_000).then(() => { extendedAt = now() }))
+  await sleep(400)
+  proxy.thaw()
+  const thawedAt = now()
+  // The renewal in flight wrote the 3 s lease; the 30 s one must follow it at once,
+  // not a third of 30 s later, when the 3 s lease would long have passed.
+  const extended = await Promise.race([extending, sleep(5_000).then(() => ({ error: 'not settled 5 s after the thaw' }))])
+  t.is(extended.error, undefined)
+  t.log(`extend() settled ${Math.round(extendedAt - thawedAt)} ms after the thaw`)
+  await sleep(Math.max(0, heldAt + lease + 1_000 - now()))
+  t.is(await taker.tryAcquire(['extended']), null, 'nobody took the lock over after the 3 s lease')
+  t.false(handle.signal.aborted)
+  t.true(await handle.release())
+})
+
 test.serial('a caller cut off from the server still gives up at its waitTimeout, and at once when its signal aborts', async (t) => {
   const { name } = await freshDatabase(t)
   const proxy = await startProxy(new URL(url).port || 27017)

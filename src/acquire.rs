@@ -57,7 +57,16 @@ impl Asked {
     pub async fn take(mut self, connection: &Connection) -> Result<(LockGuard, JsKey), Failure> {
         let service = connection.service().await?;
         let acquired = service.acquire(&self.ids.key, &self.acquire);
-        match connection.unless_refused(acquired).await {
+        // A lock lost before it came back (its lease ran out on the way) is not held:
+        // dropping the guard releases it if it is still ours.
+        let held = connection
+            .unless_refused(acquired)
+            .await
+            .and_then(|guard| match guard.loss() {
+                Some(why) => Err(why),
+                None => Ok(guard),
+            });
+        match held {
             Ok(guard) => Ok((guard, self.ids.js_key())),
             Err(e) => Err(self.followed.failure(e)),
         }

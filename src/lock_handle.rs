@@ -82,14 +82,20 @@ pub fn handle<'env>(
 ) -> napi::Result<Object<'env>> {
     guard.gate().enter();
     let fencing_token = guard.fencing_token();
-    let lost = guard.lost_or_released();
     let controller = Controller::new(env)?;
-    let abort = controller.abort_from_any_thread()?;
-    napi::bindgen_prelude::spawn(async move {
-        if let Some(why) = lost.await {
-            abort.call(why, ThreadsafeFunctionCallMode::NonBlocking);
+    // A lock lost already gives a handle whose signal has aborted before anyone reads it.
+    match guard.loss() {
+        Some(why) => controller.abort_now(env, why)?,
+        None => {
+            let lost = guard.lost_or_released();
+            let abort = controller.abort_from_any_thread()?;
+            napi::bindgen_prelude::spawn(async move {
+                if let Some(why) = lost.await {
+                    abort.call(why, ThreadsafeFunctionCallMode::NonBlocking);
+                }
+            });
         }
-    });
+    }
     let guard = Arc::new(Mutex::new(Some(guard)));
     let mut object = LockHandle { guard, connection }
         .into_instance(env)?

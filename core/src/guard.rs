@@ -256,6 +256,12 @@ impl LockGuard {
         self.gate.clone()
     }
 
+    /// Why the lock is no longer safely held; `None` while it is.
+    pub fn loss(&self) -> Option<LockError> {
+        let loss = &self.hold.keeper.loss;
+        loss.lost.is_cancelled().then(|| loss.reason())
+    }
+
     /// Resolves when the lock is no longer safely held, with the reason.
     pub async fn lost(&self) -> LockError {
         self.hold.keeper.loss.lost.cancelled().await;

@@ -112,19 +112,15 @@ impl KeeperHandle {
         loss.give_turn(turn);
         let work = Arc::new(watch::channel(None).0);
         let (extends, extend_requests) = mpsc::unbounded_channel();
-        let keeper = Keeper {
-            shared,
-            key,
-            owner: held.owner.clone(),
-            lease,
-            valid_until: held.sent_at + trusted(lease),
-            work: work.subscribe(),
-            extends: extend_requests,
-            renewal: None,
-            replies: (Vec::new(), Vec::new()),
-            next_renewal: held.sent_at + renewal_interval(lease),
-            last_error: None,
-        };
+        let keeper = Keeper::new(shared, key, held, lease, work.subscribe(), extend_requests);
+        // A lease that ran out before the acquiring write came back (a slow write, or
+        // the driver retrying it) is lost before anyone may start work under it, not
+        // after the holder's callback or handle has had a turn.
+        if keeper.valid_until <= Instant::now() {
+            loss.signal(LockError::lost(
+                "the lease ran out before the lock was acquired",
+            ));
+        }
         let stop = CancellationToken::new();
         let on_loss = loss.clone();
         tokio::spawn(stop.clone().run_until_cancelled_owned(async move {
@@ -156,7 +152,9 @@ impl Drop for KeeperHandle {
     }
 }
 
-type Renewal = Pin<Box<dyn Future<Output = (Instant, Result<bool>)> + Send>>;
+/// A renewal in flight; it resolves with when it was sent, the lease it wrote, and
+/// whether the lock was still ours.
+type Renewal = Pin<Box<dyn Future<Output = (Instant, Duration, Result<bool>)> + Send>>;
 type Reply = oneshot::Sender<Result<()>>;
 
 /// A request to write a new lease now (`LockGuard::extend`).
@@ -170,8 +168,11 @@ pub(crate) struct Extend {
 /// The deadlines are watched whatever a renewal is doing: a renewal that hangs (a
 /// partition, server selection, a full pool) runs beside them, so the holder is told
 /// no later than the end of the lease it last confirmed. Every renewal, `extend`'s
-/// too, goes through here one at a time, so the trusted end always matches the
-/// lease the database holds.
+/// too, goes through here one at a time. The trusted end never outlasts what the
+/// database may hold: a renewal is trusted for the lease it wrote, whatever lease was
+/// asked for while it was in flight, and one that writes a shorter lease lowers the
+/// trusted end before it is sent, as the database may apply it before its reply
+/// comes back.
 struct Keeper {
     shared: Arc<Shared>,
     key: LockKey,
@@ -190,8 +191,27 @@ struct Keeper {
 }
 
 impl Keeper {
-    fn every(&self) -> Duration {
-        renewal_interval(self.lease)
+    fn new(
+        shared: Arc<Shared>,
+        key: LockKey,
+        held: &Held,
+        lease: Duration,
+        work: watch::Receiver<Option<Work>>,
+        extends: mpsc::UnboundedReceiver<Extend>,
+    ) -> Self {
+        Keeper {
+            shared,
+            key,
+            owner: held.owner.clone(),
+            lease,
+            valid_until: held.sent_at + trusted(lease),
+            work,
+            extends,
+            renewal: None,
+            replies: (Vec::new(), Vec::new()),
+            next_renewal: held.sent_at + renewal_interval(lease),
+            last_error: None,
+        }
     }
 
     fn lock_deadline(&self) -> Option<Instant> {
@@ -202,9 +222,10 @@ impl Keeper {
     fn start_renewal(&mut self) {
         let (shared, key, owner) = (self.shared.clone(), self.key.clone(), self.owner.clone());
         let lease = self.lease;
+        self.valid_until = self.valid_until.min(Instant::now() + trusted(lease));
         self.renewal = Some(Box::pin(async move {
             let sent = Instant::now();
-            (sent, shared.store.renew(&key, &owner, lease).await)
+            (sent, lease, shared.store.renew(&key, &owner, lease).await)
         }));
         self.replies.0.append(&mut self.replies.1);
     }
@@ -216,13 +237,24 @@ impl Keeper {
         self.next_renewal = Instant::now();
     }
 
-    /// Takes in a renewal's outcome; `Some` when it shows the lock is lost.
-    fn renewed(&mut self, sent: Instant, renewed: Result<bool>) -> Option<LockError> {
+    /// Takes in the outcome of a renewal that wrote `lease`; `Some` when it shows the
+    /// lock is lost.
+    fn renewed(
+        &mut self,
+        sent: Instant,
+        lease: Duration,
+        renewed: Result<bool>,
+    ) -> Option<LockError> {
         self.renewal = None;
         let outcome = match renewed {
             Ok(true) => {
-                self.valid_until = sent + trusted(self.lease);
-                self.next_renewal = sent + self.every();
+                self.valid_until = sent + trusted(lease);
+                // An `extend` that came meanwhile is written at once.
+                self.next_renewal = if self.replies.1.is_empty() {
+                    sent + renewal_interval(lease)
+                } else {
+                    Instant::now()
+                };
                 self.last_error = None;
                 Ok(())
             }
@@ -230,7 +262,7 @@ impl Keeper {
                 "the lock was taken over or deleted by another caller",
             )),
             Err(e) => {
-                let retry = (self.every() / 4).max(Duration::from_millis(5));
+                let retry = (renewal_interval(self.lease) / 4).max(Duration::from_millis(5));
                 self.next_renewal = Instant::now() + retry;
                 self.last_error = Some(e.clone());
                 Err(e)
@@ -268,8 +300,8 @@ impl Keeper {
                 _ = tokio::time::sleep_until(end) => return self.expired(timeout.is_some()),
                 changed = self.work.changed(), if watching_work => watching_work = changed.is_ok(),
                 Some(request) = self.extends.recv() => self.extend(request),
-                (sent, renewed) = async { self.renewal.as_mut().expect("in flight").await }, if in_flight => {
-                    if let Some(lost) = self.renewed(sent, renewed) {
+                (sent, lease, renewed) = async { self.renewal.as_mut().expect("in flight").await }, if in_flight => {
+                    if let Some(lost) = self.renewed(sent, lease, renewed) {
                         return lost;
                     }
                 }
@@ -282,6 +314,78 @@ impl Keeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::LockStore;
+
+    /// A keeper of a lock held since `sent_at`, through a client that reaches no
+    /// server: these tests drive its decisions by hand.
+    async fn keeper(lease: Duration, sent_at: Instant) -> (Keeper, Held) {
+        let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:1/")
+            .await
+            .unwrap();
+        let shared = Arc::new(Shared::new(LockStore::new(client.database("keeper"), None)));
+        let held = Held {
+            owner: "me".into(),
+            sent_at,
+            fencing_token: 1,
+            queued_behind: false,
+        };
+        let work = watch::channel(None).1;
+        let extends = mpsc::unbounded_channel().1;
+        let key = LockKey::Str("k".into());
+        (Keeper::new(shared, key, &held, lease, work, extends), held)
+    }
+
+    fn extend_to(keeper: &mut Keeper, lease: Duration) {
+        keeper.extend(Extend {
+            lease,
+            reply: oneshot::channel().0,
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_is_trusted_for_the_lease_it_wrote_not_one_asked_for_meanwhile() {
+        let (short, long) = (Duration::from_secs(1), Duration::from_secs(30));
+        let (mut keeper, _) = keeper(short, Instant::now()).await;
+        tokio::time::advance(renewal_interval(short)).await;
+        keeper.start_renewal();
+        let sent = Instant::now();
+        extend_to(&mut keeper, long);
+        assert_eq!(
+            keeper.renewed(sent, short, Ok(true)).map(|e| e.to_string()),
+            None
+        );
+        assert_eq!(keeper.valid_until, sent + trusted(short));
+        assert!(
+            keeper.next_renewal <= Instant::now(),
+            "the longer lease waits for nothing"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_lease_is_distrusted_before_its_renewal_is_sent() {
+        let (short, long) = (Duration::from_secs(1), Duration::from_secs(30));
+        let (mut keeper, _) = keeper(long, Instant::now()).await;
+        extend_to(&mut keeper, short);
+        keeper.start_renewal();
+        assert_eq!(keeper.valid_until, Instant::now() + trusted(short));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_over_when_the_lock_arrives_is_lost_before_any_work_starts() {
+        let lease = Duration::from_secs(1);
+        let (keeper, held) = keeper(lease, Instant::now()).await;
+        tokio::time::advance(lease).await;
+        let turn = keeper.shared.queues.slot(&keeper.key).try_turn().unwrap();
+        let handle = KeeperHandle::start(
+            keeper.shared.clone(),
+            keeper.key.clone(),
+            &held,
+            lease,
+            turn,
+        );
+        assert!(handle.loss.lost.is_cancelled());
+        assert!(matches!(handle.loss.reason(), LockError::LockLost { .. }));
+    }
 
     #[test]
     fn the_holder_stops_trusting_before_any_taker_may_act() {
