@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -140,30 +141,34 @@ impl Wait<'_> {
     }
 
     /// Runs a write by `owner` that may take the lock or queue for it. If the wait
-    /// ends while it is in flight (abort, `close()`, `waitTimeout`), the call ends at
-    /// once and the write finishes in the background, after which the waiter leaves
-    /// the queue and the lock it took is released again.
+    /// ends while it is in flight (abort, `close()`, `waitTimeout`, or the wait itself
+    /// dropped), the call ends at once and the write finishes in the background,
+    /// after which the waiter leaves the queue and the lock it took is released again.
     async fn acquiring_write<T: Send + 'static>(
         &self,
         owner: &str,
         write: impl Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
-        let mut task = tokio::spawn(write);
+        let mut in_flight = InFlightWrite {
+            task: Some(tokio::spawn(write)),
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+            owner: owner.to_owned(),
+            lease: self.options.hold.lease,
+        };
+        let task = in_flight.task.as_mut().expect("just spawned");
         let joined = self
             .interruptible(async {
-                (&mut task).await.unwrap_or_else(|e| {
+                task.await.unwrap_or_else(|e| {
                     Err(LockError::lost(format!("the acquiring write failed: {e}")))
                 })
             })
             .await;
-        if let Err(LockError::Aborted | LockError::Closed | LockError::WaitTimeout) = &joined {
-            let (shared, key, owner) = (self.shared.clone(), self.key.clone(), owner.to_owned());
-            let (lease, ticket) = (self.options.hold.lease, self.shared.ticket());
-            tokio::spawn(async move {
-                let _ = task.await;
-                shared.give_up(&key, &owner, lease).await;
-                drop(ticket);
-            });
+        if !matches!(
+            &joined,
+            Err(LockError::Aborted | LockError::Closed | LockError::WaitTimeout)
+        ) {
+            in_flight.task = None;
         }
         joined
     }
@@ -238,7 +243,9 @@ impl Wait<'_> {
         match self.attempts(owner, &mut exit.queued, taken).await {
             Ok(held) => Ok((held, exit.held())),
             Err(e) => {
-                exit.leave(None);
+                // A write the driver reported failed may still be applied after it
+                // gave up on it: leave the queue once more a moment later.
+                exit.leave(matches!(e, LockError::Mongo(_)).then_some(LATE_WRITE));
                 Err(e)
             }
         }
@@ -467,6 +474,36 @@ impl QueueExit {
 impl Drop for QueueExit {
     fn drop(&mut self) {
         self.leave(Some(LATE_WRITE));
+    }
+}
+
+/// A write that may take a lock or queue for it, still in flight when its wait ended:
+/// once it has finished in the background, its waiter leaves the queue and the lock
+/// it took is released again.
+struct InFlightWrite<T: Send + 'static> {
+    task: Option<JoinHandle<Result<T>>>,
+    shared: Arc<Shared>,
+    key: LockKey,
+    owner: String,
+    lease: Duration,
+}
+
+impl<T: Send + 'static> Drop for InFlightWrite<T> {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        let (shared, key, owner) = (
+            self.shared.clone(),
+            self.key.clone(),
+            std::mem::take(&mut self.owner),
+        );
+        let (lease, ticket) = (self.lease, self.shared.ticket());
+        self.shared.spawn(async move {
+            let _ = task.await;
+            shared.give_up(&key, &owner, lease).await;
+            drop(ticket);
+        });
     }
 }
 

@@ -267,10 +267,16 @@ impl LockStore {
             )
             .projection(doc! { "_id": 1 })
             .session(&mut session)
-            .await?;
+            .await;
         match taken {
-            None => Ok(None),
-            Some(_) => self.held(key, owner, sent_at, &session).await,
+            Ok(None) => Ok(None),
+            Ok(Some(_)) => self.held(key, owner, sent_at, &session).await,
+            Err(e) => {
+                // Its reply may be what was lost: the lock may be ours, under an owner
+                // id nobody will use again.
+                let _ = self.delete_owned(key, owner).await;
+                Err(e.into())
+            }
         }
     }
 

@@ -188,6 +188,37 @@ async fn cancelling_a_wait_returns_aborted() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_wait_dropped_while_its_write_is_in_flight_leaves_no_lock_behind() {
+    let (service, client, db) = service().await;
+    let locks = client
+        .database(&db)
+        .collection::<Document>(document::LOCKS_COLLECTION);
+    service.ensure_indexes().await.unwrap();
+    // Dropped after 0 to 4 ms: some drops come while the insert is on its way, which
+    // then takes a lock (lease 30 s) that nobody will hold or release.
+    for step in 0..40u64 {
+        let (key, opts) = (
+            LockKey::Str(format!("dropped-{step}")),
+            options(10_000, 30_000),
+        );
+        let wait = service.acquire(&key, &opts);
+        if let Ok(Ok(guard)) = tokio::time::timeout(Duration::from_micros(step * 100), wait).await {
+            guard.release().await.unwrap();
+        }
+    }
+    let mut left = u64::MAX;
+    for _ in 0..100 {
+        left = locks.count_documents(doc! {}).await.unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, 0, "locks of dropped waits were left for their lease");
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn close_refuses_waiters_and_leaves_no_lock_behind() {
     let (service, client, db) = service().await;
     let key = LockKey::Str("closing".into());
