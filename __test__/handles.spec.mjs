@@ -1,7 +1,9 @@
 // Locks as handles: acquire, tryAcquire, release, extend, await using, holder/isLocked.
+import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import test from 'ava'
 import ts from 'typescript'
@@ -148,6 +150,27 @@ test('acquire waits up to waitTimeout and then rejects as doWhileLocked does', a
   t.is(error.message, 'Unable to establish lock.')
   t.is(error.code, 'ERR_LOCK_WAIT_TIMEOUT')
   await held.release()
+})
+
+test('close() aborts the signal of a held handle and releases its lock', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  const handle = await lock.acquire(['closing'], { lease: 30_000 })
+  await lock.close()
+  t.true(handle.signal.aborted)
+  t.is(handle.signal.reason.code, 'ERR_LOCK_CLOSED')
+  t.is(await db.collection('_locks').countDocuments({ id: 'closing' }), 0, 'the lock (lease 30 s) is gone')
+  t.false(await handle.release(), 'close() released it already')
+})
+
+test('a handle collected without release() releases its lock', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const child = spawn(process.execPath, ['--expose-gc', path.join(here, 'fixtures', 'collect-handle.mjs'), url, name], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => child.kill('SIGKILL'))
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]()
+  t.is((await lines.next()).value, 'held')
+  t.is((await lines.next()).value, 'collected')
+  t.true(await eventually(async () => await db.collection('_locks').countDocuments({ id: 'collected' }) === 0), 'the lock (lease 30 s) was still there 5 s after its handle was collected')
 })
 
 test('holder() and isLocked() read who holds a lock', async (t) => {

@@ -13,6 +13,7 @@ use lock_core::mongodb::event::EventHandler;
 use lock_core::mongodb::options::{ClientOptions, ConnectionString, WriteConcern};
 use lock_core::mongodb::Client;
 use lock_core::{LockError, LockService};
+use napi::Env;
 use tokio::sync::{watch, OnceCell};
 use tokio::time::Instant;
 
@@ -182,6 +183,25 @@ impl Connection {
     }
 
     /// Refuses every later call and closes the service if it was ever connected.
+    /// Closes this connection in the background when the JavaScript environment that
+    /// made it ends without `close()` (a worker that ends or is terminated). Otherwise
+    /// its waits, and the keepers of locks whose results can no longer be delivered
+    /// to that environment, would go on renewing on the runtime that the process's
+    /// other environments share.
+    pub fn close_when_env_ends(self: &Arc<Self>, env: &Env) -> napi::Result<()> {
+        env.add_env_cleanup_hook(Arc::downgrade(self), |connection| {
+            let Some(connection) = connection.upgrade() else {
+                return;
+            };
+            connection.closed.store(true, Ordering::SeqCst);
+            if let Some(service) = connection.service.get().cloned() {
+                // The connection is dropped on the runtime, where its client may be.
+                service.spawn(async move { connection.close().await });
+            }
+        })?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         if let Some(service) = self.service.get() {

@@ -5,7 +5,8 @@
 //! collected) releases its lock when it is collected; one whose process exits is
 //! freed by its lease.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Weak};
 
 use lock_core::{LockError, LockGuard};
 use napi::bindgen_prelude::{
@@ -17,7 +18,7 @@ use napi_derive::napi;
 use tokio::sync::Mutex;
 
 use crate::connection::Connection;
-use crate::lock_context::Controller;
+use crate::lock_context::{AbortFn, Controller};
 use crate::options;
 use crate::promise;
 use crate::resource_ids::JsKey;
@@ -83,20 +84,17 @@ pub fn handle<'env>(
     guard.gate().enter();
     let fencing_token = guard.fencing_token();
     let controller = Controller::new(env)?;
+    let loss = guard.loss();
+    let lost = guard.lost_or_released();
+    let guard = Arc::new(Mutex::new(Some(guard)));
     // A lock lost already gives a handle whose signal has aborted before anyone reads it.
-    match guard.loss() {
+    match loss {
         Some(why) => controller.abort_now(env, why)?,
         None => {
-            let lost = guard.lost_or_released();
             let abort = controller.abort_from_any_thread()?;
-            napi::bindgen_prelude::spawn(async move {
-                if let Some(why) = lost.await {
-                    abort.call(why, ThreadsafeFunctionCallMode::NonBlocking);
-                }
-            });
+            napi::bindgen_prelude::spawn(on_loss(lost, abort, Arc::downgrade(&guard)));
         }
     }
-    let guard = Arc::new(Mutex::new(Some(guard)));
     let mut object = LockHandle { guard, connection }
         .into_instance(env)?
         .as_object(env);
@@ -112,4 +110,26 @@ pub fn handle<'env>(
     let async_dispose: Unknown = symbol.get_named_property("asyncDispose")?;
     object.set_property(async_dispose, release)?;
     Ok(object)
+}
+
+/// Aborts a handle's signal when its lock is lost, and on `close()` also releases the
+/// lock, as `close()` does for callbacks. The guard is held weakly: a handle that is
+/// collected drops its guard, which releases the lock.
+async fn on_loss(
+    lost: impl Future<Output = Option<LockError>>,
+    abort: AbortFn,
+    guard: Weak<Mutex<Option<LockGuard>>>,
+) {
+    let Some(why) = lost.await else {
+        return;
+    };
+    let closed = matches!(why, LockError::Closed);
+    abort.call(why, ThreadsafeFunctionCallMode::NonBlocking);
+    let Some(guard) = guard.upgrade().filter(|_| closed) else {
+        return;
+    };
+    let held = guard.lock().await.take();
+    if let Some(guard) = held {
+        let _ = guard.release().await;
+    }
 }

@@ -32,8 +32,9 @@ impl ResourceLock {
     /// else the client's default database, else `test`.
     #[napi(constructor, ts_args_type = "options: ResourceLockOptions")]
     pub fn new(env: Env, options: Option<Unknown<'_>>) -> napi::Result<Self> {
-        let built = Self::build(&env, options);
-        built.map_err(|e| errors::to_napi(&env, e, &[]))
+        let built = Self::build(&env, options).map_err(|e| errors::to_napi(&env, e, &[]))?;
+        built.connection.close_when_env_ends(&env)?;
+        Ok(built)
     }
 
     fn build(env: &Env, options: Option<Unknown<'_>>) -> Result<Self, LockError> {

@@ -317,11 +317,10 @@ impl Drop for LockGuard {
             return;
         }
         let (hold, turn) = (self.hold.clone(), self.hold.keeper.loss.take_turn());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = release(hold, turn, false).await;
-            });
-        }
+        let shared = hold.shared.clone();
+        shared.spawn(async move {
+            let _ = release(hold, turn, false).await;
+        });
     }
 }
 

@@ -3,6 +3,7 @@
 //! reaches back into the service itself.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,10 @@ pub(crate) struct Shared {
     /// a ticket the lock reached with nobody to take it would hold everyone up for a
     /// lease.
     tickets: Arc<watch::Sender<usize>>,
+    /// The runtime the service was made on, for work that must start from a thread
+    /// outside it: a guard dropped by a JavaScript finalizer, a close when the
+    /// JavaScript environment ends.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 /// One ticket that may be in a queue, counted until it is dropped.
@@ -60,6 +65,15 @@ impl Shared {
             closed,
             holds: watch::channel(HashSet::new()).0,
             tickets: Arc::new(watch::channel(0).0),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    /// Runs `work` on the service's runtime, from any thread; nowhere if there is none.
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        if let Some(runtime) = runtime.or_else(|| self.runtime.clone()) {
+            runtime.spawn(work);
         }
     }
 
