@@ -20,11 +20,16 @@ function loadApi () {
 /**
  * Attribute values OpenTelemetry accepts: primitives and arrays of one primitive type.
  * Mixed id arrays (`['invoice', 42]`) are recorded as strings rather than dropped.
+ * Longer arrays than `MAX_RECORDED_IDS` are not recorded: a sparse array may claim
+ * billions of elements, and walking them would hold up the event loop before the
+ * call could reject it.
  */
+const MAX_RECORDED_IDS = 1_000
+
 function attribute (value) {
   const primitive = (v) => ['string', 'number', 'boolean'].includes(typeof v)
   if (primitive(value)) return value
-  if (!Array.isArray(value) || !value.every(primitive)) return undefined
+  if (!Array.isArray(value) || value.length > MAX_RECORDED_IDS || !value.every(primitive)) return undefined
   return value.every((v) => typeof v === typeof value[0]) ? value : value.map(String)
 }
 

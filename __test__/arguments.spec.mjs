@@ -24,6 +24,8 @@ const cases = [
   ['lock: empty ids', (l) => l.lock([]), value(/^resourceIds must not be empty$/)],
   ['lock: NaN id', (l) => l.lock([NaN]), type(/non-finite number/)],
   ['lock: sparse ids', (l) => l.lock([, 'a']), type(/^resourceIds\[0\] .* got undefined$/)], // eslint-disable-line no-sparse-arrays
+  // Its length claims 4 294 967 295 ids: read one at a time, not allocated for up front.
+  ['lock: a huge sparse array', (l) => l.lock(new Array(2 ** 32 - 1)), type(/^resourceIds\[0\] .* got undefined$/)],
   ['lock: negative lease', (l) => l.lock(['a'], { lease: -1 }), range(/^options\.lease/)],
   ['lock: string lease', (l) => l.lock(['a'], { lease: '5' }), type(/^options\.lease must be a number/)],
   ['lock: string options', (l) => l.lock(['a'], 'x'), type(/^options must be an object/)],
@@ -76,6 +78,8 @@ for (const [label, ResourceLock] of classes) {
     t.throws(() => new ResourceLock({ url, connectTimeout: 'x' }), type(/^options\.connectTimeout must be a number/))
     t.throws(() => new ResourceLock({ url, connectTimeout: -1 }), { instanceOf: RangeError, message: /connectTimeout/ })
     t.throws(() => new ResourceLock({ url: 5 }), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE', message: /^options\.url must be a string/ })
+    t.throws(() => new ResourceLock({ url, writeConcern: { wtimeoutMS: '5' } }), type(/^options\.writeConcern\.wtimeoutMS must be a number, got a string$/))
+    t.throws(() => new ResourceLock({ url, writeConcern: { wtimeoutMS: -1 } }), range(/^options\.writeConcern\.wtimeoutMS must be a number of milliseconds >= 0/))
   })
 
   // What each class does today when reading an argument throws (a getter): the

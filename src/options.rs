@@ -123,10 +123,21 @@ pub fn lease_millis(value: Unknown<'_>, name: &str) -> Result<Duration, LockErro
             lock_core::js_number_to_string(ms)
         )));
     }
-    Ok(Duration::from_micros((ms * 1000.0) as u64))
+    Ok(Duration::from_secs_f64(ms / 1000.0))
 }
 
 /// A number of milliseconds: `None` for `Infinity` where `infinite_ok`.
+/// An error of a field of `options.writeConcern`, of the same kind, naming it in full.
+fn in_write_concern(error: LockError) -> LockError {
+    match error {
+        LockError::InvalidArgument { problem, message } => LockError::InvalidArgument {
+            problem,
+            message: message.replacen("options.", "options.writeConcern.", 1),
+        },
+        other => other,
+    }
+}
+
 pub fn millis(
     options: Option<&Object<'_>>,
     name: &str,
@@ -260,7 +271,7 @@ pub fn write_concern(options: Option<&Object<'_>>) -> Result<Option<WriteConcern
         Some(_) => return Err(bad(".journal must be a boolean")),
     };
     let timeout = millis(Some(&wc), "wtimeoutMS", 0.0, false)
-        .map_err(|e| LockError::range_error(format!("options.writeConcern: {e}")))?
+        .map_err(in_write_concern)?
         .filter(|d| !d.is_zero());
     Ok(Some(
         WriteConcern::builder()

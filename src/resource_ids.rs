@@ -57,7 +57,8 @@ impl ToNapiValue for JsKey {
 pub fn parse(value: Unknown<'_>) -> Result<ResourceIds, LockError> {
     let ids = if value.is_array().unwrap_or(false) {
         let array: Array = unsafe { value.cast() }.map_err(|_| not_ids())?;
-        let mut ids = Vec::with_capacity(array.len() as usize);
+        // Not sized from `length`: a sparse array may claim billions of elements.
+        let mut ids = Vec::new();
         for index in 0..array.len() {
             let element: Unknown = array.get(index).ok().flatten().ok_or_else(not_ids)?;
             ids.push(element_of(element, index)?);
