@@ -30,6 +30,17 @@ const median = (values) => {
   return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
 }
 
+// Every contended run starts all its callers at once, and its first second is that
+// start: a queue forming, in which no process of the addon knows yet how fast its turns
+// come (so every waiter listens), and all the original's processes race. What a service
+// sees is the steady state after it, so the runs count from `WARM_UP_MS` on.
+const WARM_UP_MS = 1_000
+/** The counted part of a run of `seconds` that starts now: after the warm-up. */
+const counted = (seconds) => {
+  const from = Date.now() + WARM_UP_MS
+  return { from, until: from + seconds * 1000 }
+}
+
 const implementations = {
   original: (databaseName) => new OriginalLock({ client: new MongoClient(url), databaseName }),
   addon: (databaseName) => new AddonLock({ client: new MongoClient(url), databaseName })
@@ -57,9 +68,9 @@ async function contend (impl, processes, callers, seconds, pause = 0) {
     [path.join(here, 'contender.mjs'), impl, databaseName, String(callers), String(pause)], { stdio: ['pipe', 'pipe', 'inherit'] }))
   const lines = children.map((child) => readline.createInterface({ input: child.stdout })[Symbol.asyncIterator]())
   await Promise.all(lines.map((it) => it.next()))
-  // Once all are connected, each gets the same deadline as its start signal.
-  const until = Date.now() + seconds * 1000
-  children.forEach((child) => child.stdin.end(String(until)))
+  // Once all are connected, each gets the same counted period as its start signal.
+  const period = JSON.stringify(counted(seconds))
+  children.forEach((child) => child.stdin.end(period))
   const reports = (await Promise.all(lines.map((it) => it.next()))).map(({ value }) => JSON.parse(value))
   const client = new MongoClient(url)
   await client.db(databaseName).dropDatabase()
@@ -75,11 +86,14 @@ function handovers ({ turns, waits }, seconds) {
   return { handovers_per_s: total / seconds, p99_wait_ms: percentile(waits, 99), fewest_turns: Math.min(...turns), mean_turns: total / turns.length }
 }
 
-/** 2 to 32 processes, one caller each, on one key: hand-overs/s and p99 wait. */
+/**
+ * 2 to 32 processes, one caller each, on one key: hand-overs/s and p99 wait. 8 s
+ * counted, so that even at 32 processes each has dozens of turns.
+ */
 async function scaling (impl) {
   const curve = {}
   for (const processes of (process.env.BENCH_SCALING ?? '2,4,8,16,32').split(',').map(Number)) {
-    const { handovers_per_s: rate, p99_wait_ms: p99, fewest_turns: fewest } = await contend(impl, processes, 1, 4)
+    const { handovers_per_s: rate, p99_wait_ms: p99, fewest_turns: fewest } = await contend(impl, processes, 1, 8)
     curve[`p${processes}_handovers_per_s`] = rate
     curve[`p${processes}_p99_wait_ms`] = p99
     curve[`p${processes}_fewest_turns`] = fewest
@@ -205,7 +219,7 @@ async function ping () {
 
 const results = { date: new Date().toISOString(), server: url.replace(/\/\/[^@/]*@/, '//****@'), node: process.version, rounds, ping: await ping(), workloads: {} }
 // The ceiling of one process on one key: an in-process mutex, same callers and section.
-results.ceiling = handovers(await contendOnMutex(16, Date.now() + 3_000), 3)
+results.ceiling = handovers(await contendOnMutex(16, counted(3)), 3)
 const only = process.env.BENCH_ONLY?.split(',')
 for (const [name, workload] of Object.entries(workloads).filter(([name]) => !only || only.includes(name))) {
   const runs = { original: [], addon: [] }

@@ -1,7 +1,7 @@
 // One process of the many-process workloads: `callers` callers loop on one key with a
 // 1 ms critical section, pausing `pause` ms between calls; prints "ready" once
-// connected, starts when a deadline (epoch ms) arrives on stdin, runs until then, and
-// prints their turns and waits as JSON.
+// connected, starts when the period `{ from, until }` (epoch ms) arrives on stdin as
+// JSON, runs until its end, and prints the turns and waits counted from its start.
 // argv: <impl> <databaseName> <callers> [pause]
 import { MongoClient } from 'mongodb'
 import { contendOnOneKey } from './one-key.mjs'
@@ -17,7 +17,7 @@ const { ResourceLock } = impl === 'original'
 const lock = new ResourceLock({ client: new MongoClient(url), databaseName })
 await lock.doWhileLocked([`warm-${process.pid}`], () => {})
 process.stdout.write('ready\n')
-const until = Number(String(await new Promise((resolve) => process.stdin.once('data', resolve))))
-process.stdout.write(JSON.stringify(await contendOnOneKey(lock, Number(callers), until, Number(pause))) + '\n')
+const period = JSON.parse(String(await new Promise((resolve) => process.stdin.once('data', resolve))))
+process.stdout.write(JSON.stringify(await contendOnOneKey(lock, Number(callers), period, Number(pause))) + '\n')
 await lock.close()
 process.exit(0)
