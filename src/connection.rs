@@ -1,8 +1,9 @@
 //! The addon's own connection: built on first use from a connection string or from a
 //! Node `MongoClient`'s settings, then shared by every call of one `ResourceLock`.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use std::future::Future;
@@ -49,6 +50,12 @@ pub struct Connection {
     refused: Arc<watch::Sender<Option<DriverError>>>,
     /// Passwords, removed from every error message.
     pub secrets: Vec<String>,
+}
+
+thread_local! {
+    /// The connections made by the JavaScript environment of this thread that may still
+    /// be open (`close_when_env_ends`); `None` until the first, and after the end.
+    static MADE_HERE: RefCell<Option<Vec<Weak<Connection>>>> = const { RefCell::new(None) };
 }
 
 impl Connection {
@@ -182,26 +189,43 @@ impl Connection {
         self.keep_until.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Refuses every later call and closes the service if it was ever connected.
     /// Closes this connection in the background when the JavaScript environment that
     /// made it ends without `close()` (a worker that ends or is terminated). Otherwise
     /// its waits, and the keepers of locks whose results can no longer be delivered
     /// to that environment, would go on renewing on the runtime that the process's
-    /// other environments share.
+    /// other environments share. One cleanup hook per environment, not one per
+    /// instance: an application that makes many instances keeps no hook, and no
+    /// connection's memory, for each.
     pub fn close_when_env_ends(self: &Arc<Self>, env: &Env) -> napi::Result<()> {
-        env.add_env_cleanup_hook(Arc::downgrade(self), |connection| {
-            let Some(connection) = connection.upgrade() else {
-                return;
-            };
-            connection.closed.store(true, Ordering::SeqCst);
-            if let Some(service) = connection.service.get().cloned() {
-                // The connection is dropped on the runtime, where its client may be.
-                service.spawn(async move { connection.close().await });
+        let first = MADE_HERE.with_borrow_mut(|made| {
+            let first = made.is_none();
+            let made = made.get_or_insert_with(Vec::new);
+            if made.len() >= 64 && made.len().is_power_of_two() {
+                made.retain(|connection| connection.strong_count() > 0);
             }
-        })?;
+            made.push(Arc::downgrade(self));
+            first
+        });
+        if first {
+            env.add_env_cleanup_hook((), |()| {
+                let made = MADE_HERE.take().unwrap_or_default();
+                made.iter()
+                    .filter_map(Weak::upgrade)
+                    .for_each(Self::close_in_background);
+            })?;
+        }
         Ok(())
     }
 
+    fn close_in_background(self: Arc<Self>) {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(service) = self.service.get().cloned() {
+            // The connection is dropped on the runtime, where its client may be.
+            service.spawn(async move { self.close().await });
+        }
+    }
+
+    /// Refuses every later call and closes the service if it was ever connected.
     pub async fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         if let Some(service) = self.service.get() {
