@@ -126,7 +126,6 @@ pub fn lease_millis(value: Unknown<'_>, name: &str) -> Result<Duration, LockErro
     Ok(Duration::from_secs_f64(ms / 1000.0))
 }
 
-/// A number of milliseconds: `None` for `Infinity` where `infinite_ok`.
 /// An error of a field of `options.writeConcern`, of the same kind, naming it in full.
 fn in_write_concern(error: LockError) -> LockError {
     match error {
@@ -138,6 +137,7 @@ fn in_write_concern(error: LockError) -> LockError {
     }
 }
 
+/// A number of milliseconds: `None` for `Infinity` where `infinite_ok`.
 pub fn millis(
     options: Option<&Object<'_>>,
     name: &str,

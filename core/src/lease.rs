@@ -172,7 +172,8 @@ pub(crate) struct Extend {
 /// database may hold: a renewal is trusted for the lease it wrote, whatever lease was
 /// asked for while it was in flight, and one that writes a shorter lease lowers the
 /// trusted end before it is sent, as the database may apply it before its reply
-/// comes back.
+/// comes back. (Not covered: a renewal the driver gave up on without retrying it,
+/// applied after a later one, sets an earlier expiry; retryable writes rule that out.)
 struct Keeper {
     shared: Arc<Shared>,
     key: LockKey,

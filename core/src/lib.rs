@@ -148,15 +148,15 @@ impl LockService {
         self.shared.no_tickets().await
     }
 
-    /// Stops every waiter and holder, waits (up to `CLOSE_GRACE`) for the holders'
-    /// locks to be released and the tickets of this service to leave their queues,
-    /// then disconnects.
-    /// Runs `work` on the runtime the service was made on, from any thread (a
-    /// JavaScript environment that ends, outside every runtime).
+    /// Runs `work` on the runtime the service was made on (or the one this thread is
+    /// in), from any thread: a JavaScript environment that ends is outside every runtime.
     pub fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
         self.shared.spawn(work);
     }
 
+    /// Stops every waiter and holder, waits (up to `CLOSE_GRACE`) for the holders'
+    /// locks to be released and the tickets of this service to leave their queues,
+    /// then disconnects.
     pub async fn close(&self) {
         self.shared.close();
         // A waiter's ticket ends after its hold is registered, and a hold ends after

@@ -69,7 +69,8 @@ impl Shared {
         }
     }
 
-    /// Runs `work` on the service's runtime, from any thread; nowhere if there is none.
+    /// Runs `work` on the runtime this thread is in, else on the one the service was
+    /// made on (from a thread outside every runtime); nowhere if there is neither.
     pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
         let runtime = tokio::runtime::Handle::try_current().ok();
         if let Some(runtime) = runtime.or_else(|| self.runtime.clone()) {
