@@ -51,10 +51,14 @@ async function skewOf (worker) {
 /** Settles to { value } or { error }, never rejects. */
 const settled = (promise) => promise.then((value) => ({ value }), (error) => ({ error }))
 
-test.serial('a holder cut off from the server is told no later than its lease deadline, before anyone takes over', async (t) => {
+/**
+ * A holder that reaches the server through a TCP proxy that can be frozen, and a taker
+ * that reaches it directly: both connected and with a measured server clock before
+ * the timeline starts.
+ */
+async function holderBehindProxy (t) {
   const { name } = await freshDatabase(t)
   const proxy = await startProxy(new URL(url).port || 27017)
-  const lease = 1_000
   const holder = new ResourceLock({ url: throughProxy(url, proxy.port), databaseName: name })
   t.teardown(async () => {
     proxy.thaw()
@@ -62,9 +66,14 @@ test.serial('a holder cut off from the server is told no later than its lease de
     await proxy.stop()
   })
   const taker = addonLock(t, name)
-  // Both connected and with a measured server clock before the timeline starts.
   await holder.doWhileLocked(['warm-up'], () => {})
   await taker.doWhileLocked(['warm-up'], () => {})
+  return { proxy, holder, taker }
+}
+
+test.serial('a holder cut off from the server is told no later than its lease deadline, before anyone takes over', async (t) => {
+  const { proxy, holder, taker } = await holderBehindProxy(t)
+  const lease = 1_000
 
   let heldAt
   let abortedAt
@@ -99,17 +108,7 @@ test.serial('a holder cut off from the server is told no later than its lease de
 })
 
 test.serial('an extend() asked while a renewal hangs is written as soon as that renewal returns: nobody takes over', async (t) => {
-  const { name } = await freshDatabase(t)
-  const proxy = await startProxy(new URL(url).port || 27017)
-  const holder = new ResourceLock({ url: throughProxy(url, proxy.port), databaseName: name })
-  t.teardown(async () => {
-    proxy.thaw()
-    await holder.close().catch(() => {})
-    await proxy.stop()
-  })
-  const taker = addonLock(t, name)
-  await holder.doWhileLocked(['warm-up'], () => {})
-  await taker.doWhileLocked(['warm-up'], () => {})
+  const { proxy, holder, taker } = await holderBehindProxy(t)
 
   const lease = 3_000
   const handle = await holder.acquire(['extended'], { lease })
