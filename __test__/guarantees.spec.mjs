@@ -46,6 +46,10 @@ test('a waiter of another instance queues on the lock, and the release hands it 
   const holder = addonLock(t, name)
   const waiter = addonLock(t, name)
   const locks = db.collection('_locks')
+  // Connected first: the lock may pass through its queue only within a second of its
+  // insert (then a release deletes it, for the original class's sake), and a new
+  // instance connecting on a loaded machine took longer than that to queue.
+  await Promise.all([holder, waiter].map((lock) => lock.doWhileLocked(['warm-up'], () => {})))
   const inside = deferred()
   const done = deferred()
   const holding = holder.doWhileLocked(['c'], async () => { inside.resolve(); await done.promise }, { lockTimeout: 20_000 })
