@@ -461,8 +461,7 @@ impl QueueExit {
         let Some(ticket) = self.ticket.take() else {
             return;
         };
-        // Without a runtime (the process is ending) nothing could run the write.
-        if !self.queued || tokio::runtime::Handle::try_current().is_err() {
+        if !self.queued {
             return;
         }
         let owner = std::mem::take(&mut self.owner);

@@ -43,7 +43,7 @@ pub(crate) struct Shared {
     /// The runtime the service was made on, for work that must start from a thread
     /// outside it: a guard dropped by a JavaScript finalizer, a close when the
     /// JavaScript environment ends.
-    pub runtime: Option<tokio::runtime::Handle>,
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// One ticket that may be in a queue, counted until it is dropped.
@@ -157,7 +157,7 @@ impl Shared {
         again_after: Option<Duration>,
     ) {
         let (shared, key) = (self.clone(), key.clone());
-        tokio::spawn(async move {
+        self.spawn(async move {
             shared.give_up(&key, &owner, lease).await;
             if let Some(pause) = again_after {
                 tokio::time::sleep(pause).await;
