@@ -6,21 +6,16 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Client;
-use mongodb_resource_lock_core::{document, LockError, LockKey, ResourceId};
+use mongodb_resource_lock_core::{LockError, LockKey, ResourceId};
 
 mod common;
-use common::{options, other_process, service};
+use common::{locks, options, other_process, service};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn creates_the_three_indexes_before_the_first_lock() {
     let (service, client, db) = service().await;
     service.lock(&LockKey::Str("a".into()), None).await.unwrap();
-    let names: Vec<String> = client
-        .database(&db)
-        .collection::<Document>(document::LOCKS_COLLECTION)
-        .list_index_names()
-        .await
-        .unwrap();
+    let names: Vec<String> = locks(&client, &db).list_index_names().await.unwrap();
     let mut names = names;
     names.sort();
     assert_eq!(names, ["_id_", "id_1", "locked_at_1"]);
@@ -88,9 +83,7 @@ async fn waiters_exclude_each_other_and_all_get_a_turn() {
     assert_eq!(turns.load(Ordering::SeqCst), 18);
     // A last release may have queued its process again for a turn that never comes;
     // that place goes within moments, long before the 5 s lease would end.
-    let locks = client
-        .database(&db)
-        .collection::<Document>(document::LOCKS_COLLECTION);
+    let locks = locks(&client, &db);
     let since = std::time::Instant::now();
     while locks.count_documents(doc! {}).await.unwrap() > 0 {
         assert!(
@@ -156,9 +149,7 @@ async fn a_lock_without_lease_is_never_taken_over() {
     service.lock(&key, None).await.unwrap();
     let waited = service.acquire(&key, &options(400, 1_000)).await;
     assert!(matches!(waited, Err(LockError::WaitTimeout)));
-    let held: Document = client
-        .database(&db)
-        .collection::<Document>(document::LOCKS_COLLECTION)
+    let held: Document = locks(&client, &db)
         .find_one(doc! { "id": "manual" })
         .await
         .unwrap()
@@ -190,9 +181,7 @@ async fn cancelling_a_wait_returns_aborted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wait_dropped_while_its_write_is_in_flight_leaves_no_lock_behind() {
     let (service, client, db) = service().await;
-    let locks = client
-        .database(&db)
-        .collection::<Document>(document::LOCKS_COLLECTION);
+    let locks = locks(&client, &db);
     service.ensure_indexes().await.unwrap();
     // Dropped after 0 to 4 ms: some drops come while the insert is on its way, which
     // then takes a lock (lease 30 s) that nobody will hold or release.
@@ -245,12 +234,7 @@ async fn close_refuses_waiters_and_leaves_no_lock_behind() {
     let client = Client::with_uri_str(std::env::var("MONGODB_URL").unwrap())
         .await
         .unwrap();
-    let left = client
-        .database(&db)
-        .collection::<Document>(document::LOCKS_COLLECTION)
-        .count_documents(doc! {})
-        .await
-        .unwrap();
+    let left = locks(&client, &db).count_documents(doc! {}).await.unwrap();
     assert_eq!(
         left, 0,
         "close() released the held lock and let no waiter in"
@@ -261,9 +245,7 @@ async fn close_refuses_waiters_and_leaves_no_lock_behind() {
 #[tokio::test(flavor = "multi_thread")]
 async fn local_hand_overs_keep_the_document_and_give_every_holder_a_new_token() {
     let (service, client, db) = service().await;
-    let locks = client
-        .database(&db)
-        .collection::<Document>(document::LOCKS_COLLECTION);
+    let locks = locks(&client, &db);
     let key = LockKey::Str("handed".into());
     // Holder 0 is inside before the others queue up behind it in this process, so every
     // release finds a local waiter and may hand the lock over without deleting it.

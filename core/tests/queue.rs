@@ -16,11 +16,7 @@ use tokio::sync::Mutex;
 
 mod common;
 mod model;
-use common::{database_name, options, other_process, server_url, service};
-
-fn locks(client: &mongodb::Client, db: &str) -> Collection<Document> {
-    client.database(db).collection(document::LOCKS_COLLECTION)
-}
+use common::{database_name, locks, options, other_process, server_url, service};
 
 /// The tickets waiting in the queue of the lock of `key`.
 async fn tickets(locks: &Collection<Document>, key: &str) -> usize {

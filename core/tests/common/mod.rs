@@ -3,14 +3,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongodb::Client;
-use mongodb_resource_lock_core::{AcquireOptions, HoldOptions, LockService};
+use mongodb::bson::Document;
+use mongodb::{Client, Collection};
+use mongodb_resource_lock_core::{document, AcquireOptions, HoldOptions, LockService};
 use tokio_util::sync::CancellationToken;
 
 pub async fn service() -> (Arc<LockService>, Client, String) {
     let client = Client::with_uri_str(server_url()).await.unwrap();
     let db = database_name();
     (LockService::new(client.clone(), &db, None), client, db)
+}
+
+/// The lock documents of database `db`.
+pub fn locks(client: &Client, db: &str) -> Collection<Document> {
+    client.database(db).collection(document::LOCKS_COLLECTION)
 }
 
 /// The test server (`MONGODB_URL`).

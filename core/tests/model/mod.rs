@@ -164,7 +164,7 @@ fn far() -> DateTime {
 async fn the_queue_serves_its_tickets_as_a_fifo_would() {
     let client = mongodb::Client::with_uri_str(server_url()).await.unwrap();
     let db = database_name();
-    let locks = client.database(&db).collection(document::LOCKS_COLLECTION);
+    let locks = super::common::locks(&client, &db);
     let mut run = Run {
         locks,
         model: Model::default(),
