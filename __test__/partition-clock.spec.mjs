@@ -56,10 +56,12 @@ const settled = (promise) => promise.then((value) => ({ value }), (error) => ({ 
  * that reaches it directly: both connected and with a measured server clock before
  * the timeline starts.
  */
-async function holderBehindProxy (t) {
-  const { name } = await freshDatabase(t)
+async function holderBehindProxy (t, { retryWrites = true } = {}) {
+  const { name, db } = await freshDatabase(t)
   const proxy = await startProxy(new URL(url).port || 27017)
-  const holder = new ResourceLock({ url: throughProxy(url, proxy.port), databaseName: name })
+  const proxied = new URL(throughProxy(url, proxy.port))
+  if (!retryWrites) proxied.searchParams.set('retryWrites', 'false')
+  const holder = new ResourceLock({ url: proxied.toString(), databaseName: name })
   t.teardown(async () => {
     proxy.thaw()
     await holder.close().catch(() => {})
@@ -68,7 +70,7 @@ async function holderBehindProxy (t) {
   const taker = addonLock(t, name)
   await holder.doWhileLocked(['warm-up'], () => {})
   await taker.doWhileLocked(['warm-up'], () => {})
-  return { proxy, holder, taker }
+  return { proxy, holder, taker, locks: db.collection('_locks') }
 }
 
 test.serial('a holder cut off from the server is told no later than its lease deadline, before anyone takes over', async (t) => {
@@ -129,6 +131,27 @@ test.serial('an extend() asked while a renewal hangs is written as soon as that 
   t.log(`extend() settled ${Math.round(extendedAt - thawedAt)} ms after the thaw`)
   await sleep(Math.max(0, heldAt + lease + 1_000 - now()))
   t.is(await taker.tryAcquire(['extended']), null, 'nobody took the lock over after the 3 s lease')
+  t.false(handle.signal.aborted)
+  t.true(await handle.release())
+})
+
+test.serial('a renewal that reaches the server after a later one does not move the lease back', async (t) => {
+  // Without retryable writes the driver gives up on a renewal whose connection breaks,
+  // and the keeper sends the next one; the first can still be on its way, and here the
+  // proxy delivers it once the second was written.
+  const { proxy, holder, locks } = await holderBehindProxy(t, { retryWrites: false })
+  const lease = 3_000
+  const handle = await holder.acquire(['late'], { lease })
+  const expiry = async () => (await locks.findOne({ id: 'late' })).lease_expires_at.getTime()
+  const acquiredExpiry = await expiry()
+  proxy.holdNextRenewal() // the renewal due a third of the lease in
+  t.true(await eventually(async () => (await expiry()) > acquiredExpiry, 5_000), 'the holder renewed after its first renewal broke')
+  const renewedExpiry = await expiry()
+  proxy.deliverLate()
+  await sleep(500)
+  const finalExpiry = await expiry()
+  t.log(`the late renewal would have moved the end back by ${renewedExpiry - acquiredExpiry - lease / 3} ms or so`)
+  t.true(finalExpiry >= renewedExpiry, `the end of the lease moved back by ${renewedExpiry - finalExpiry} ms`)
   t.false(handle.signal.aborted)
   t.true(await handle.release())
 })

@@ -25,6 +25,10 @@ export async function startProxy (targetPort) {
     child,
     freeze () { frozen = true; child.kill('SIGSTOP') },
     thaw () { frozen = false; child.kill('SIGCONT') },
+    /** The next lease renewal is held back and its connection cut (see the fixture). */
+    holdNextRenewal () { child.kill('SIGUSR1') },
+    /** The renewal held back goes on to the server. */
+    deliverLate () { child.kill('SIGUSR2') },
     get frozen () { return frozen },
     async stop () {
       if (child.exitCode !== null || child.signalCode !== null) return

@@ -42,6 +42,12 @@ pub const SERVED: &str = "served";
 /// through `QUEUE`; after that its next release deletes it, so that processes that
 /// cannot queue get a chance to insert.
 pub const PASSES_UNTIL: &str = "passes_until";
+/// The last renewal written, `{ by: owner, count }`: a renewal matches only while its
+/// count is higher than the one written under its owner. A renewal the driver gave up
+/// on (a lost connection, with retryable writes off or on a standalone server) can
+/// still reach the server after a later one; without the count it would move the
+/// lease back to an end earlier than the one its holder trusts.
+pub const RENEWED: &str = "renewed";
 
 /// A new lock document, as the original writes it plus our fields. Locks without a
 /// lease never pass through a queue.

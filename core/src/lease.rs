@@ -172,8 +172,8 @@ pub(crate) struct Extend {
 /// database may hold: a renewal is trusted for the lease it wrote, whatever lease was
 /// asked for while it was in flight, and one that writes a shorter lease lowers the
 /// trusted end before it is sent, as the database may apply it before its reply
-/// comes back. (Not covered: a renewal the driver gave up on without retrying it,
-/// applied after a later one, sets an earlier expiry; retryable writes rule that out.)
+/// comes back. Renewals are numbered (`document::RENEWED`), so that one the driver gave up on
+/// cannot land after a later one and move the database's end back.
 struct Keeper {
     shared: Arc<Shared>,
     key: LockKey,
@@ -185,6 +185,8 @@ struct Keeper {
     work: watch::Receiver<Option<Work>>,
     extends: mpsc::UnboundedReceiver<Extend>,
     renewal: Option<Renewal>,
+    /// Renewals started so far: the number of the last one.
+    renewals: u64,
     /// Waiting for the renewal in flight, and for the one after it.
     replies: (Vec<Reply>, Vec<Reply>),
     next_renewal: Instant,
@@ -209,6 +211,7 @@ impl Keeper {
             work,
             extends,
             renewal: None,
+            renewals: 0,
             replies: (Vec::new(), Vec::new()),
             next_renewal: held.sent_at + renewal_interval(lease),
             last_error: None,
@@ -223,10 +226,13 @@ impl Keeper {
     fn start_renewal(&mut self) {
         let (shared, key, owner) = (self.shared.clone(), self.key.clone(), self.owner.clone());
         let lease = self.lease;
+        self.renewals += 1;
+        let count = self.renewals;
         self.valid_until = self.valid_until.min(Instant::now() + trusted(lease));
         self.renewal = Some(Box::pin(async move {
             let sent = Instant::now();
-            (sent, lease, shared.store.renew(&key, &owner, lease).await)
+            let renewed = shared.store.renew(&key, &owner, count, lease).await;
+            (sent, lease, renewed)
         }));
         self.replies.0.append(&mut self.replies.1);
     }

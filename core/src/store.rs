@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::document::{
     self, CONTENDED, FENCES_COLLECTION, ID, LEASE_EXPIRES_AT, LOCKED_AT, LOCKS_COLLECTION, OWNER,
-    QUEUE, SERVED,
+    QUEUE, RENEWED, SERVED,
 };
 use crate::error::{LockError, Result, DUPLICATE_KEY};
 use crate::key::LockKey;
@@ -304,14 +304,28 @@ impl LockStore {
         }
     }
 
-    /// Extends the lease of a lock we own. `false` when it is no longer ours.
-    pub async fn renew(&self, key: &LockKey, owner: &str, lease: Duration) -> Result<bool> {
+    /// Extends the lease of a lock we own, with its owner's renewal number `count`
+    /// (`RENEWED`). `false` when it is no longer ours.
+    pub async fn renew(
+        &self,
+        key: &LockKey,
+        owner: &str,
+        count: u64,
+        lease: Duration,
+    ) -> Result<bool> {
         let expiry = self.expiry_after(lease).await?;
+        let count = count as i64;
+        let by = format!("{RENEWED}.by");
+        let later = format!("{RENEWED}.count");
         let result = self
             .locks
             .update_one(
-                doc! { ID: key.to_bson(), OWNER: owner },
-                doc! { "$set": { LEASE_EXPIRES_AT: expiry } },
+                doc! {
+                    ID: key.to_bson(),
+                    OWNER: owner,
+                    "$nor": [{ by: owner, later: { "$gte": count } }],
+                },
+                doc! { "$set": { LEASE_EXPIRES_AT: expiry, RENEWED: { "by": owner, "count": count } } },
             )
             .await?;
         Ok(result.matched_count == 1)
