@@ -101,15 +101,22 @@ pub struct LockStore {
 impl LockStore {
     /// No I/O happens here; indexes are created before the first write.
     pub fn new(db: Database, write_concern: Option<WriteConcern>) -> Self {
-        let mut locks = db.collection::<Document>(LOCKS_COLLECTION);
-        let mut fences = db.collection::<Document>(FENCES_COLLECTION);
-        if let Some(wc) = write_concern {
-            let options = mongodb::options::CollectionOptions::builder()
+        let with = |wc: WriteConcern| {
+            mongodb::options::CollectionOptions::builder()
                 .write_concern(wc)
-                .build();
-            locks = db.collection_with_options(LOCKS_COLLECTION, options.clone());
-            fences = db.collection_with_options(FENCES_COLLECTION, options);
-        }
+                .build()
+        };
+        let locks = match &write_concern {
+            Some(wc) => db.collection_with_options(LOCKS_COLLECTION, with(wc.clone())),
+            None => db.collection(LOCKS_COLLECTION),
+        };
+        // The counter is only drawn on servers without an oplog (standalone), where a
+        // write acknowledged before it reached the journal is lost in a crash: the
+        // counter would go back and hand out a token a holder from before the crash
+        // still uses. Journaled, it never goes back.
+        let mut journaled = write_concern.unwrap_or_default();
+        journaled.journal = Some(true);
+        let fences = db.collection_with_options(FENCES_COLLECTION, with(journaled));
         LockStore {
             db,
             write_rtt_micros: AtomicU64::new(1_000),
