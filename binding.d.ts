@@ -216,5 +216,5 @@ export declare class ResourceLock {
   unlock(resourceIds: ResourceIds): Promise<void>
 }
 
-/** Registers `{ LockError, MongoServerError? }`. Called once by `index.js`. */
-export declare function useErrorClasses(classes: { LockError: Function, MongoServerError?: Function }): void
+/** Registers `{ LockError, MongoServerError?, driverError? }`. Called once by `index.js`. */
+export declare function useErrorClasses(classes: { LockError: Function, MongoServerError?: Function, driverError?: (name: string, message: string, labels: string[]) => Error }): void

@@ -11,4 +11,26 @@
  */
 class LockError extends Error {}
 
-module.exports = { LockError }
+/**
+ * Makes the driver errors that are not a server's refusal (a network failure, a server
+ * selection timeout) with the application's `mongodb` classes, so that code written
+ * for the driver (`instanceof MongoNetworkError`, `hasErrorLabel(...)`) handles them
+ * too. Here and not in the addon because the constructors differ:
+ * `MongoServerSelectionError` wants the topology's description, which the Rust driver
+ * does not give, so it gets an empty one. A class the driver does not export is made
+ * as a `MongoError` with the Rust driver's name. `undefined` without `mongodb`.
+ */
+function driverErrors (mongodb) {
+  if (typeof mongodb?.MongoError !== 'function') return undefined
+  return (name, message, labels) => {
+    const Class = typeof mongodb[name] === 'function' ? mongodb[name] : mongodb.MongoError
+    const error = name === 'MongoServerSelectionError'
+      ? new Class(message, { type: 'Unknown', servers: new Map() })
+      : new Class(message)
+    if (error.name !== name) Object.defineProperty(error, 'name', { value: name, configurable: true, writable: true })
+    for (const label of labels) error.addErrorLabel(label)
+    return error
+  }
+}
+
+module.exports = { LockError, driverErrors }

@@ -3,22 +3,23 @@
 // This file exists because of two things a Node-API addon cannot do on Node 20: load
 // another package (native code has no `require`, and `process.getBuiltinModule` needs
 // Node 22.3), and define a class that extends Error. So the optional
-// @opentelemetry/api (tracing.js) and the application's `mongodb` (whose
-// MongoServerError a held key's error must be an instance of) are looked up here, and
-// LockError is defined in errors.js; the addon is handed what it needs.
-const { LockError } = require('./errors.js')
+// @opentelemetry/api (tracing.js) and the application's `mongodb` (whose error
+// classes a held key's or a network failure's error must be instances of) are looked
+// up here, and LockError is defined in errors.js; the addon is handed what it needs.
+const { LockError, driverErrors } = require('./errors.js')
 const { traced } = require('./tracing.js')
 
 const binding = loadBinding()
-binding.useErrorClasses({ LockError, MongoServerError: applicationMongoServerError() })
+const mongodb = applicationMongodb()
+binding.useErrorClasses({ LockError, MongoServerError: mongodb?.MongoServerError, driverError: driverErrors(mongodb) })
 
 exports.ResourceLock = traced(binding.ResourceLock)
 exports.LockHandle = binding.LockHandle
 exports.LockError = LockError
 
-function applicationMongoServerError () {
+function applicationMongodb () {
   try {
-    return require('mongodb').MongoServerError
+    return require('mongodb')
   } catch {
     return undefined
   }

@@ -1,7 +1,7 @@
 // Errors callers can branch on: codes, classes, causes, and the driver's errors as the
 // Node driver shows them.
 import test from 'ava'
-import { MongoServerError } from 'mongodb'
+import { MongoError, MongoNetworkError, MongoServerError, MongoServerSelectionError } from 'mongodb'
 import { startProxy, throughProxy } from './nemesis/proxy.mjs'
 import { LockError, ResourceLock, addonLock, deferred, freshDatabase, sleep, url } from './helpers.mjs'
 
@@ -94,7 +94,29 @@ test('an unreachable server reads as the Node driver says it, without the topolo
   t.teardown(() => lock.close())
   const error = await t.throwsAsync(lock.lock(['x']))
   t.is(error.name, 'MongoServerSelectionError')
+  t.true(error instanceof MongoServerSelectionError, 'the application\'s class, as the driver throws it')
+  t.true(error instanceof MongoError)
   t.true(Array.isArray(error.errorLabels))
+  t.false(error.hasErrorLabel('RetryableWriteError'))
   t.regex(error.message, /^Server selection timed out: .*refused/i)
   t.notRegex(error.message, /Topology|Kind:/)
+})
+
+test('a connection that breaks under a write rejects with the application\'s MongoNetworkError and its labels', async (t) => {
+  const { name } = await freshDatabase(t)
+  const proxy = await startProxy(new URL(url).port || 27017)
+  t.teardown(() => proxy.stop())
+  const lock = new ResourceLock({ url: throughProxy(url, proxy.port) + '&serverSelectionTimeoutMS=500', databaseName: name })
+  t.teardown(() => lock.close().catch(() => {}))
+  await lock.doWhileLocked(['warm-up'], () => {})
+  proxy.freeze()
+  const locking = lock.lock(['broken'])
+  await sleep(200)
+  await proxy.stop()
+  const error = await t.throwsAsync(locking)
+  t.log(`${error.name}: ${error.message} [${error.errorLabels}]`)
+  t.true(error instanceof MongoNetworkError, `${error.name} is the driver's class`)
+  t.true(error instanceof MongoError)
+  t.true(error.hasErrorLabel('RetryableWriteError'), 'the label callers retry on, as the Node driver sets it')
+  t.deepEqual(error.errorLabels.filter((label) => !error.hasErrorLabel(label)), [])
 })

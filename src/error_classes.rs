@@ -1,23 +1,30 @@
 //! Error classes handed over by `index.js` (`useErrorClasses`): `LockError`, which
 //! Node-API cannot define (a class that extends `Error` needs JavaScript), and the
 //! application's own `mongodb` classes, which native code cannot load on Node 20, so
-//! that `e instanceof MongoServerError` holds for a held key as with the driver.
+//! that `e instanceof MongoServerError` holds for a held key as with the driver, and
+//! `e instanceof MongoNetworkError` for a network failure (`driverError`, `errors.js`).
 //! Kept per Node.js environment (main thread, each worker) in its instance data.
 
-use napi::bindgen_prelude::{Function, FunctionRef, JsObjectValue, Object};
+use napi::bindgen_prelude::{FnArgs, Function, FunctionRef, JsObjectValue, Object};
 use napi::{Env, Unknown, ValueType};
 use napi_derive::napi;
 
 type Class = FunctionRef<Unknown<'static>, Unknown<'static>>;
+/// `(name, message, errorLabels) => Error`: a driver error made with the
+/// application's class of that name.
+type DriverErrorFactory = FunctionRef<FnArgs<(String, String, Vec<String>)>, Unknown<'static>>;
 
 #[derive(Default)]
 pub struct ErrorClasses {
     pub lock_error: Option<Class>,
     pub mongo_server_error: Option<Class>,
+    driver_error: Option<DriverErrorFactory>,
 }
 
-/// Registers `{ LockError, MongoServerError? }`. Called once by `index.js`.
-#[napi(ts_args_type = "classes: { LockError: Function, MongoServerError?: Function }")]
+/// Registers `{ LockError, MongoServerError?, driverError? }`. Called once by `index.js`.
+#[napi(
+    ts_args_type = "classes: { LockError: Function, MongoServerError?: Function, driverError?: (name: string, message: string, labels: string[]) => Error }"
+)]
 #[cfg_attr(
     test,
     allow(
@@ -34,9 +41,18 @@ pub fn use_error_classes(env: Env, classes: Object<'_>) -> napi::Result<()> {
         let function: Function<Unknown<'static>, Unknown<'static>> = unsafe { value.cast()? };
         Ok(Some(function.create_ref()?))
     };
+    let factory: Unknown = classes.get_named_property("driverError")?;
+    let driver_error = if factory.get_type()? == ValueType::Function {
+        let function: Function<FnArgs<(String, String, Vec<String>)>, Unknown<'static>> =
+            unsafe { factory.cast()? };
+        Some(function.create_ref()?)
+    } else {
+        None
+    };
     let registered = ErrorClasses {
         lock_error: class("LockError")?,
         mongo_server_error: class("MongoServerError")?,
+        driver_error,
     };
     env.set_instance_data(registered, (), |_| {})
 }
@@ -57,4 +73,29 @@ pub fn construct<'env>(
     let argument = unsafe { Unknown::from_raw_unchecked(env.raw(), napi::JsValue::raw(&argument)) };
     let instance = class.borrow_back(env)?.new_instance(argument)?;
     Ok(Some(unsafe { instance.cast()? }))
+}
+
+/// A driver error `name` made by the application's `mongodb` (`driverError`), or `None`
+/// without it.
+pub fn driver_error<'env>(
+    env: &'env Env,
+    name: &str,
+    message: &str,
+    labels: Vec<String>,
+) -> napi::Result<Option<Unknown<'env>>> {
+    let Some(factory) = env
+        .get_instance_data::<ErrorClasses>()?
+        .and_then(|classes| classes.driver_error.as_ref())
+    else {
+        return Ok(None);
+    };
+    // A driver whose constructors changed shape throws here: the plain error then.
+    let Ok(made) = factory
+        .borrow_back(env)?
+        .call((name.to_owned(), message.to_owned(), labels).into())
+    else {
+        return Ok(None);
+    };
+    let made = unsafe { Unknown::from_raw_unchecked(env.raw(), napi::JsValue::raw(&made)) };
+    Ok(Some(made))
 }

@@ -153,7 +153,11 @@ fn driver_error<'env>(
         ErrorKind::Authentication { message, .. } => ("MongoAuthenticationError", message.clone()),
         other => ("MongoError", other.to_string()),
     };
-    let mut object = new_error(env, Constructor::Error, &redact(&message, secrets))?;
+    let message = redact(&message, secrets);
+    if let Some(made) = error_classes::driver_error(env, name, &message, labels.clone())? {
+        return Ok(made);
+    }
+    let mut object = new_error(env, Constructor::Error, &message)?;
     object.set_named_property("name", name)?;
     object.set_named_property("errorLabels", labels)?;
     Ok(object.to_unknown())
