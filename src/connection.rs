@@ -48,8 +48,8 @@ pub struct Connection {
     keep_until: Mutex<Instant>,
     /// The server's refusal of our credentials, while it stands (`unless_refused`).
     refused: Arc<watch::Sender<Option<DriverError>>>,
-    /// Passwords, removed from every error message.
-    pub secrets: Vec<String>,
+    /// Passwords, removed from every error message (and from every signal's reason).
+    pub secrets: Arc<[String]>,
 }
 
 thread_local! {
@@ -83,7 +83,7 @@ impl Connection {
             keeping_alive: AtomicBool::new(false),
             keep_until: Mutex::new(Instant::now()),
             refused: Arc::new(watch::channel(None).0),
-            secrets,
+            secrets: secrets.into(),
         }
     }
 

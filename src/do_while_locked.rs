@@ -58,9 +58,10 @@ impl ResourceLock {
             acquiring => {
                 let callback = Callback::new(env, callback)
                     .map_err(|_| LockError::type_error("callback must be a function"));
+                let secrets = self.connection.secrets.clone();
                 Polled::Pending(Box::pin(async move {
                     let callback = callback?;
-                    hold(acquiring.outcome().await?, callback).await
+                    hold(acquiring.outcome().await?, callback, secrets).await
                 }))
             }
         };
@@ -128,7 +129,11 @@ async fn acquire(
     })
 }
 
-async fn hold(acquired: Acquired, callback: Callback) -> Result<RetainedValue, Failure> {
+async fn hold(
+    acquired: Acquired,
+    callback: Callback,
+    secrets: Arc<[String]>,
+) -> Result<RetainedValue, Failure> {
     let Acquired {
         mut ids,
         guard,
@@ -141,6 +146,7 @@ async fn hold(acquired: Acquired, callback: Callback) -> Result<RetainedValue, F
         fencing_token: guard.fencing_token(),
         signal: signal.clone(),
         gate: gate.clone(),
+        secrets,
     };
     let outcome = async {
         match callback.call(context).await? {

@@ -76,40 +76,46 @@ impl ContextSignal {
     }
 }
 
-/// A new `AbortController`.
-pub struct Controller<'env>(Object<'env>);
+/// A new `AbortController`, whose reasons are redacted of the connection's `secrets`
+/// as its rejections are.
+pub struct Controller<'env> {
+    object: Object<'env>,
+    secrets: Arc<[String]>,
+}
 
 impl<'env> Controller<'env> {
-    pub fn new(env: &'env Env) -> napi::Result<Self> {
+    pub fn new(env: &'env Env, secrets: Arc<[String]>) -> napi::Result<Self> {
         let class: Function<(), Unknown> =
             env.get_global()?.get_named_property("AbortController")?;
-        Ok(Controller(unsafe { class.new_instance(())?.cast()? }))
+        let object = unsafe { class.new_instance(())?.cast()? };
+        Ok(Controller { object, secrets })
     }
 
     pub fn signal(&self) -> napi::Result<Unknown<'env>> {
-        self.0.get_named_property("signal")
+        self.object.get_named_property("signal")
     }
 
     fn abort(&self) -> napi::Result<Function<'env, napi::Error, UnknownReturnValue>> {
-        self.0.get_named_property("abort")
+        self.object.get_named_property("abort")
     }
 
     /// Aborts now, with the JavaScript form of `why` as the reason.
     pub fn abort_now(&self, env: &Env, why: LockError) -> napi::Result<()> {
         self.abort()?
-            .apply(self.0, errors::to_napi(env, why, &[]))?;
+            .apply(self.object, errors::to_napi(env, why, &self.secrets))?;
         Ok(())
     }
 
     /// `abort`, callable from any thread with the reason as a `LockError`. Weak: a
     /// signal nobody waits on does not keep the process alive.
     pub fn abort_from_any_thread(&self) -> napi::Result<AbortFn> {
+        let secrets = self.secrets.clone();
         self.abort()?
-            .bind(self.0)?
+            .bind(self.object)?
             .build_threadsafe_function::<LockError>()
             .weak::<true>()
-            .build_callback(|ctx: ThreadsafeCallContext<LockError>| {
-                Ok(errors::to_napi(&ctx.env, ctx.value, &[]))
+            .build_callback(move |ctx: ThreadsafeCallContext<LockError>| {
+                Ok(errors::to_napi(&ctx.env, ctx.value, &secrets))
             })
     }
 }
@@ -119,6 +125,8 @@ pub struct LockContext {
     pub fencing_token: u128,
     pub signal: ContextSignal,
     pub gate: WorkGate,
+    /// The connection's passwords (`Controller`).
+    pub secrets: Arc<[String]>,
 }
 
 impl ToNapiValue for LockContext {
@@ -127,7 +135,7 @@ impl ToNapiValue for LockContext {
         if !value.gate.enter() {
             return napi::bindgen_prelude::Undefined::to_napi_value(raw_env, ());
         }
-        let controller = Controller::new(&env)?;
+        let controller = Controller::new(&env, value.secrets.clone())?;
         {
             let mut state = value.signal.state();
             if let State::Lost(why) = std::mem::replace(&mut *state, State::Pending) {

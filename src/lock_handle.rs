@@ -83,7 +83,7 @@ pub fn handle<'env>(
 ) -> napi::Result<Object<'env>> {
     guard.gate().enter();
     let fencing_token = guard.fencing_token();
-    let controller = Controller::new(env)?;
+    let controller = Controller::new(env, connection.secrets.clone())?;
     let loss = guard.loss();
     let lost = guard.lost_or_released();
     let guard = Arc::new(Mutex::new(Some(guard)));
