@@ -20,6 +20,10 @@ export async function startProxy (targetPort) {
     child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`the proxy exited (${code})`)) })
   })
   let frozen = false
+  const lateReplies = []
+  child.stdout.on('data', (chunk) => {
+    if (String(chunk).includes('late reply')) lateReplies.splice(0).forEach((resolve) => resolve())
+  })
   return {
     port,
     child,
@@ -27,8 +31,12 @@ export async function startProxy (targetPort) {
     thaw () { frozen = false; child.kill('SIGCONT') },
     /** The next lease renewal is held back and its connection cut (see the fixture). */
     holdNextRenewal () { child.kill('SIGUSR1') },
-    /** The renewal held back goes on to the server. */
-    deliverLate () { child.kill('SIGUSR2') },
+    /** The renewal held back goes on to the server; resolves once it has answered. */
+    deliverLate () {
+      const answered = new Promise((resolve) => lateReplies.push(resolve))
+      child.kill('SIGUSR2')
+      return answered
+    },
     get frozen () { return frozen },
     async stop () {
       if (child.exitCode !== null || child.signalCode !== null) return

@@ -44,9 +44,11 @@ pub const SERVED: &str = "served";
 pub const PASSES_UNTIL: &str = "passes_until";
 /// The last renewal written, `{ by: owner, count }`: a renewal matches only while its
 /// count is higher than the one written under its owner. A renewal the driver gave up
-/// on (a lost connection, with retryable writes off or on a standalone server) can
-/// still reach the server after a later one; without the count it would move the
-/// lease back to an end earlier than the one its holder trusts.
+/// on can still reach the server after a later one: for example its connection broke
+/// with retryable writes off or on a standalone server, or the one retry failed too,
+/// and the session that would have refused the first attempt was dropped with it.
+/// Without the count it would move the lease back to an end earlier than the one its
+/// holder trusts.
 pub const RENEWED: &str = "renewed";
 
 /// A new lock document, as the original writes it plus our fields. Locks without a
