@@ -144,7 +144,7 @@ test.serial('a renewal that reaches the server after a later one does not move t
   const handle = await holder.acquire(['late'], { lease })
   const expiry = async () => (await locks.findOne({ id: 'late' })).lease_expires_at.getTime()
   const acquiredExpiry = await expiry()
-  proxy.holdNextRenewal() // the renewal due a third of the lease in
+  await proxy.holdNext('update', '$set', 'lease_expires_at') // the renewal due a third of the lease in
   t.true(await eventually(async () => (await expiry()) > acquiredExpiry, 5_000), 'the holder renewed after its first renewal broke')
   const renewedExpiry = await expiry()
   const delivered = proxy.deliverLate()
@@ -154,6 +154,16 @@ test.serial('a renewal that reaches the server after a later one does not move t
   t.is(final.renewed?.count, 2, 'the second renewal is the last one written')
   t.false(handle.signal.aborted)
   t.true(await handle.release())
+})
+
+test.serial('a release whose write is lost is tried again: the key is free long before the lease ends', async (t) => {
+  // Without retryable writes the driver reports the lost delete at once; the lock would
+  // otherwise block every other caller for its whole lease.
+  const { proxy, holder, taker, locks } = await holderBehindProxy(t, { retryWrites: false })
+  const done = await settled(holder.doWhileLocked(['lost-release'], () => proxy.holdNext('findAndModify', 'remove'), { lease: 30_000 }))
+  t.log(`doWhileLocked: ${done.error ? `${done.error.name}: ${done.error.message}` : 'resolved'}`)
+  t.true(await eventually(async () => (await locks.countDocuments({ id: 'lost-release' })) === 0, 3_000), 'the lock was deleted within 3 s')
+  t.true(await taker.doWhileLocked(['lost-release'], () => true, { waitTimeout: 0 }))
 })
 
 test.serial('a caller cut off from the server still gives up at its waitTimeout, and at once when its signal aborts', async (t) => {

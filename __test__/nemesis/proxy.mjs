@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url'
 const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'tcp-proxy.mjs')
 
 export async function startProxy (targetPort) {
-  const child = spawn(process.execPath, [fixture, String(targetPort)], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, [fixture, String(targetPort)], { stdio: ['pipe', 'pipe', 'inherit'] })
   const port = await new Promise((resolve, reject) => {
     let text = ''
     const timer = setTimeout(() => reject(new Error('the proxy did not start within 10 s')), 10_000)
@@ -21,20 +21,30 @@ export async function startProxy (targetPort) {
   })
   let frozen = false
   const lateReplies = []
+  const armed = []
   child.stdout.on('data', (chunk) => {
     if (String(chunk).includes('late reply')) lateReplies.splice(0).forEach((resolve) => resolve())
+    if (String(chunk).includes('holding')) armed.splice(0).forEach((resolve) => resolve())
   })
+  child.stdin.on('error', () => {}) // a proxy stopped before the test's last command
   return {
     port,
     child,
     freeze () { frozen = true; child.kill('SIGSTOP') },
     thaw () { frozen = false; child.kill('SIGCONT') },
-    /** The next lease renewal is held back and its connection cut (see the fixture). */
-    holdNextRenewal () { child.kill('SIGUSR1') },
-    /** The renewal held back goes on to the server; resolves once it has answered. */
+    /**
+     * The next request that contains all `words` is held back and its connection cut;
+     * resolves once the proxy is armed.
+     */
+    holdNext (...words) {
+      const ready = new Promise((resolve) => armed.push(resolve))
+      child.stdin.write(`hold ${words.join(',')}\n`)
+      return ready
+    },
+    /** The request held back goes on to the server; resolves once it has answered. */
     deliverLate () {
       const answered = new Promise((resolve) => lateReplies.push(resolve))
-      child.kill('SIGUSR2')
+      child.stdin.write('deliver\n')
       return answered
     },
     get frozen () { return frozen },

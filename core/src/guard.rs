@@ -32,6 +32,10 @@ const LOCAL_SEQUENCE_BITS: u32 = 16;
 /// Holders under one hold before it is released in the database, so that the local
 /// sequence never reaches the database token's bits.
 const MAX_HOLDERS: u32 = (1 << LOCAL_SEQUENCE_BITS) - 1;
+/// A failed release is tried again this many times, the first after this pause, each
+/// next one after twice the pause before (0.1, 0.3, 0.7 s after the failure).
+const RELEASE_RETRIES: u32 = 3;
+const RELEASE_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// The lock as this process holds it in the database.
 pub(crate) struct DbHold {
@@ -324,7 +328,35 @@ impl Drop for LockGuard {
     }
 }
 
+/// A release whose write failed is tried again in the background (`end_again_later`).
 async fn release(hold: Arc<DbHold>, turn: Option<LocalTurn>, hand_over: bool) -> Result<bool> {
+    let released = release_now(hold.clone(), turn, hand_over).await;
+    if released.is_err() {
+        end_again_later(hold);
+    }
+    released
+}
+
+/// A release whose write failed may have left the lock in the database, where it
+/// would block every other caller until its lease runs out: the release is tried again
+/// a few times, as a waiter's give-up is. It matches on the owner, so a retry after a
+/// write that was applied after all changes nothing. The hold stays counted
+/// meanwhile, so `close()` waits for it.
+fn end_again_later(hold: Arc<DbHold>) {
+    let shared = hold.shared.clone();
+    shared.spawn(async move {
+        let mut pause = RELEASE_RETRY_PAUSE;
+        for _ in 0..RELEASE_RETRIES {
+            tokio::time::sleep(pause).await;
+            if hold.end().await.is_ok() {
+                return;
+            }
+            pause *= 2;
+        }
+    });
+}
+
+async fn release_now(hold: Arc<DbHold>, turn: Option<LocalTurn>, hand_over: bool) -> Result<bool> {
     let Some(turn) = turn else {
         return Ok(hold.end().await? != Released::NotOurs);
     };
