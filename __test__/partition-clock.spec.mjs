@@ -166,6 +166,21 @@ test.serial('a release whose write is lost is tried again: the key is free long 
   t.true(await taker.doWhileLocked(['lost-release'], () => true, { waitTimeout: 0 }))
 })
 
+test.serial('a handle whose lease ran out while cut off deletes its lock when it can, without release()', async (t) => {
+  const { proxy, holder, locks } = await holderBehindProxy(t)
+  const handle = await holder.acquire(['lost-handle'], { lease: 1_000 })
+  proxy.freeze()
+  const aborted = new Promise((resolve) => handle.signal.addEventListener('abort', resolve))
+  t.not(await Promise.race([aborted, sleep(3_000).then(() => 'not aborted')]), 'not aborted')
+  t.is(await locks.countDocuments({ id: 'lost-handle' }), 1, 'nobody took the expired lock over')
+  proxy.thaw()
+  t.true(await eventually(async () => (await locks.countDocuments({ id: 'lost-handle' })) === 0, 3_000), 'deleted within 3 s of the thaw')
+  t.false(await handle.release(), 'release() of a lost lock')
+  const closing = Date.now()
+  await holder.close()
+  t.true(Date.now() - closing < 2_000, `close() took ${Date.now() - closing} ms`)
+})
+
 test.serial('a caller cut off from the server still gives up at its waitTimeout, and at once when its signal aborts', async (t) => {
   const { name } = await freshDatabase(t)
   const proxy = await startProxy(new URL(url).port || 27017)

@@ -89,7 +89,10 @@ pub fn handle<'env>(
     let guard = Arc::new(Mutex::new(Some(guard)));
     // A lock lost already gives a handle whose signal has aborted before anyone reads it.
     match loss {
-        Some(why) => controller.abort_now(env, why)?,
+        Some(why) => {
+            controller.abort_now(env, why)?;
+            napi::bindgen_prelude::spawn(release_lost(Arc::downgrade(&guard)));
+        }
         None => {
             let abort = controller.abort_from_any_thread()?;
             napi::bindgen_prelude::spawn(on_loss(lost, abort, Arc::downgrade(&guard)));
@@ -112,9 +115,9 @@ pub fn handle<'env>(
     Ok(object)
 }
 
-/// Aborts a handle's signal when its lock is lost, and on `close()` also releases the
-/// lock, as `close()` does for callbacks. The guard is held weakly: a handle that is
-/// collected drops its guard, which releases the lock.
+/// Aborts a handle's signal when its lock is lost (or on `close()`), then releases it.
+/// The guard is held weakly: a handle that is collected drops its guard, which
+/// releases the lock.
 async fn on_loss(
     lost: impl Future<Output = Option<LockError>>,
     abort: AbortFn,
@@ -123,9 +126,17 @@ async fn on_loss(
     let Some(why) = lost.await else {
         return;
     };
-    let closed = matches!(why, LockError::Closed);
     abort.call(why, ThreadsafeFunctionCallMode::NonBlocking);
-    let Some(guard) = guard.upgrade().filter(|_| closed) else {
+    release_lost(guard).await;
+}
+
+/// Releases a handle's lost lock at once rather than at `release()`: the document may
+/// still be its own (a lease that ran out while renewals failed, which nobody took
+/// over yet) and would block others until someone takes it over; and `close()` would
+/// wait for the hold. The release matches on the owner, so a lock taken over stays
+/// with its new holder; `release()` then resolves `false`, as for any lost lock.
+async fn release_lost(guard: Weak<Mutex<Option<LockGuard>>>) {
+    let Some(guard) = guard.upgrade() else {
         return;
     };
     let held = guard.lock().await.take();
