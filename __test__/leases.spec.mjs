@@ -136,8 +136,8 @@ test('a renewal that finds the lock gone aborts context.signal and rejects', asy
   const holding = lock.doWhileLocked(['stolen'], async (context) => {
     signal = context.signal
     inside.resolve()
-    await sleep(1_000)
-  }, { lease: 300, lockTimeout: Infinity })
+    await sleep(2_000)
+  }, { lease: 1_000, lockTimeout: Infinity })
   await inside.promise
   await intruder.unlock(['stolen']) // anyone may unlock, as in the original
   const error = await t.throwsAsync(holding)

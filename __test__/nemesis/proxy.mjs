@@ -23,7 +23,9 @@ export async function startProxy (targetPort) {
   const lateReplies = []
   const armed = []
   child.stdout.on('data', (chunk) => {
-    if (String(chunk).includes('late reply')) lateReplies.splice(0).forEach((resolve) => resolve())
+    for (const outcome of ['late reply', 'nothing held']) {
+      if (String(chunk).includes(outcome)) lateReplies.splice(0).forEach((resolve) => resolve(outcome))
+    }
     if (String(chunk).includes('holding')) armed.splice(0).forEach((resolve) => resolve())
   })
   child.stdin.on('error', () => {}) // a proxy stopped before the test's last command
@@ -41,7 +43,10 @@ export async function startProxy (targetPort) {
       child.stdin.write(`hold ${words.join(',')}\n`)
       return ready
     },
-    /** The request held back goes on to the server; resolves once it has answered. */
+    /**
+     * The request held back goes on to the server; resolves with 'late reply' once it
+     * has answered, or 'nothing held'.
+     */
     deliverLate () {
       const answered = new Promise((resolve) => lateReplies.push(resolve))
       child.stdin.write('deliver\n')

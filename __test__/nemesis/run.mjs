@@ -6,6 +6,11 @@
 //   clock-back     the target's wall clock steps 10 s back, and forward again 5 s later
 //   kill           the target is SIGKILLed while it holds, then respawned
 //   restart        the server is killed and restarted on the same port and storage
+//   late           the target's next write that updates a lock (a renewal, a release, a
+//                  take-over, a queueing write) is held in its proxy and its connection
+//                  cut, so that the driver gives up on it or retries it; the server gets
+//                  it 1.5 s later, past the lease. Worker a1 runs with retryable writes
+//                  off, so that there the driver does give up.
 // Only addon workers are targets (a killed original holder leaves a lock that never
 // expires: the original's documented flaw). Each target is holding when its fault
 // hits. Then the history goes to checker.mjs (and, with NEMESIS_HISTORY=<file>, to that
@@ -29,7 +34,7 @@ const here = path.dirname(fileURLToPath(import.meta.url))
 const now = () => performance.timeOrigin + performance.now()
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
-export const FAULT_KINDS = ['partition', 'pause', 'clock-forward', 'kill', 'restart', 'clock-back']
+export const FAULT_KINDS = ['partition', 'pause', 'clock-forward', 'kill', 'restart', 'clock-back', 'late']
 const LEASE = 1_000
 const ADDON_OPTIONS = { lease: LEASE, lockTimeout: 4_000, waitTimeout: 3_000 }
 const ORIGINAL_OPTIONS = { lockTimeout: 30_000, waitTimeout: 3_000 }
@@ -101,7 +106,7 @@ export async function runSuite ({
         databaseName,
         historyFile: path.join(dir, `${slot.name}.jsonl`),
         callers: impl === 'addon' ? 2 : 1,
-        lockUrl: impl === 'addon' ? throughProxy(baseUrl, slot.proxy.port) : baseUrl,
+        lockUrl: impl === 'addon' ? throughProxy(baseUrl, slot.proxy.port) + (i === 0 ? '&retryWrites=false' : '') : baseUrl,
         storeUrl: baseUrl,
         options: impl === 'addon' ? ADDON_OPTIONS : ORIGINAL_OPTIONS
       }
@@ -185,6 +190,14 @@ export async function runSuite ({
         await sleep(500)
         spawnWorker(slot)
       },
+      async late (slot) {
+        await slot.proxy.holdNext('update')
+        const fault = { kind: 'late', slot: slot.name, pid: slot.child.pid, start: now() }
+        await sleep(LEASE + 500)
+        const outcome = await Promise.race([slot.proxy.deliverLate(), sleep(3_000).then(() => 'no reply')])
+        faults.push({ ...fault, end: now() })
+        return outcome
+      },
       async restart () {
         const fault = { kind: 'restart', slot: 'server', pid: server.child.pid, start: now() }
         await server.stop('SIGKILL')
@@ -210,8 +223,8 @@ export async function runSuite ({
           continue
         }
         const at = Math.round((now() - startedAt) / 100) / 10
-        await inject[kind](target)
-        schedule.push(`${at}s ${kind}${target ? `@${target.name}` : ''}`)
+        const outcome = await inject[kind](target)
+        schedule.push(`${at}s ${kind}${target ? `@${target.name}` : ''}${outcome ? ` (${outcome})` : ''}`)
         await sleep(1_500 + rand() * 1_500)
       }
     }
