@@ -3,10 +3,12 @@
 // performance.timeOrigin + performance.now(): the monotonic clock, which a wall-clock
 // step does not move. Serial: each test is a timeline.
 import { spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { createInterface } from 'node:readline'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import test from 'ava'
+import { MongoNetworkError } from 'mongodb'
 import { FakeClock } from './nemesis/faketime.mjs'
 import { startProxy, throughProxy } from './nemesis/proxy.mjs'
 import { ResourceLock, addonLock, deferred, eventually, freshDatabase, sleep, url } from './helpers.mjs'
@@ -70,7 +72,7 @@ async function holderBehindProxy (t, { retryWrites = true } = {}) {
   const taker = addonLock(t, name)
   await holder.doWhileLocked(['warm-up'], () => {})
   await taker.doWhileLocked(['warm-up'], () => {})
-  return { proxy, holder, taker, locks: db.collection('_locks') }
+  return { proxy, holder, taker, locks: db.collection('_locks'), url: proxied.toString() }
 }
 
 test.serial('a holder cut off from the server is told no later than its lease deadline, before anyone takes over', async (t) => {
@@ -161,9 +163,26 @@ test.serial('a release whose write is lost is tried again: the key is free long 
   // otherwise block every other caller for its whole lease.
   const { proxy, holder, taker, locks } = await holderBehindProxy(t, { retryWrites: false })
   const done = await settled(holder.doWhileLocked(['lost-release'], () => proxy.holdNext('findAndModify', 'remove'), { lease: 30_000 }))
-  t.log(`doWhileLocked: ${done.error ? `${done.error.name}: ${done.error.message}` : 'resolved'}`)
+  t.true(done.error instanceof MongoNetworkError, `the release's delete was lost: ${done.error ?? 'resolved'}`)
   t.true(await eventually(async () => (await locks.countDocuments({ id: 'lost-release' })) === 0, 3_000), 'the lock was deleted within 3 s')
   t.true(await taker.doWhileLocked(['lost-release'], () => true, { waitTimeout: 0 }))
+})
+
+test.serial('a process that ends after its release failed, without close(), tries the release again first', async (t) => {
+  const { proxy, locks, url: proxied } = await holderBehindProxy(t, { retryWrites: false })
+  const child = spawn(process.execPath, [path.join(here, 'fixtures', 'lose-release-and-exit.mjs'), locks.dbName, 'exiting'], {
+    env: { ...process.env, MONGODB_URL: proxied },
+    stdio: ['pipe', 'pipe', 'inherit']
+  })
+  t.teardown(() => child.kill('SIGKILL'))
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]()
+  t.is((await lines.next()).value, 'inside')
+  await proxy.holdNext('findAndModify', 'remove')
+  child.stdin.write('go\n')
+  t.is((await lines.next()).value, 'MongoNetworkError', 'the release\'s delete was lost')
+  const [code] = await once(child, 'exit')
+  t.is(code, 0)
+  t.is(await locks.countDocuments({ id: 'exiting' }), 0, 'the lock was released before the process ended')
 })
 
 test.serial('a handle whose lease ran out while cut off deletes its lock when it can, without release()', async (t) => {

@@ -89,7 +89,8 @@ pub fn driver_error<'env>(
     else {
         return Ok(None);
     };
-    // A driver whose constructors changed shape throws here: the plain error then.
+    // A driver whose constructors changed shape throws here, or makes no object: the
+    // plain error then.
     let Ok(made) = factory
         .borrow_back(env)?
         .call((name.to_owned(), message.to_owned(), labels).into())
@@ -97,5 +98,5 @@ pub fn driver_error<'env>(
         return Ok(None);
     };
     let made = unsafe { Unknown::from_raw_unchecked(env.raw(), napi::JsValue::raw(&made)) };
-    Ok(Some(made))
+    Ok((made.get_type()? == ValueType::Object).then_some(made))
 }

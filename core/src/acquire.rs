@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{LockError, Result};
-use crate::guard::{DbHold, LockGuard};
+use crate::guard::{self, DbHold, LockGuard};
 use crate::key::LockKey;
 use crate::lease::HoldOptions;
 use crate::local_queue::LocalTurn;
@@ -53,7 +53,7 @@ pub(crate) async fn acquire(
             return Ok(LockGuard::inherit(hold, options.hold, turn));
         }
         // Lost while it waited for us (its lease ran out): compete as usual.
-        let _ = hold.end().await;
+        guard::end_for_good(hold).await;
         turn.restart_streak();
     }
     turn.note_return();
@@ -134,7 +134,7 @@ impl Wait<'_> {
         if waited.is_err() {
             // A lock may have been handed to us in the moment we gave up.
             if let Some(orphan) = slot.take_orphaned().and_then(DbHold::from_orphan) {
-                let _ = orphan.end().await;
+                guard::end_for_good(orphan).await;
             }
         }
         waited

@@ -337,22 +337,32 @@ async fn release(hold: Arc<DbHold>, turn: Option<LocalTurn>, hand_over: bool) ->
     released
 }
 
+/// Ends `hold` in the database, trying again in the background if that fails.
+pub(crate) async fn end_for_good(hold: Arc<DbHold>) {
+    if hold.end().await.is_err() {
+        end_again_later(hold);
+    }
+}
+
 /// A release whose write failed may have left the lock in the database, where it
 /// would block every other caller until its lease runs out: the release is tried again
 /// a few times, as a waiter's give-up is. It matches on the owner, so a retry after a
-/// write that was applied after all changes nothing. The hold stays counted
-/// meanwhile, so `close()` waits for it.
+/// write that was applied after all changes nothing. The hold stays counted, and a
+/// ticket is taken, so that `close()` waits for it and the binding keeps the process
+/// alive for it.
 fn end_again_later(hold: Arc<DbHold>) {
     let shared = hold.shared.clone();
+    let ticket = shared.ticket();
     shared.spawn(async move {
         let mut pause = RELEASE_RETRY_PAUSE;
         for _ in 0..RELEASE_RETRIES {
             tokio::time::sleep(pause).await;
             if hold.end().await.is_ok() {
-                return;
+                break;
             }
             pause *= 2;
         }
+        drop(ticket);
     });
 }
 
