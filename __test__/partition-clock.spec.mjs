@@ -168,6 +168,18 @@ test.serial('a release whose write is lost is tried again: the key is free long 
   t.true(await taker.doWhileLocked(['lost-release'], () => true, { waitTimeout: 0 }))
 })
 
+test.serial('an insert delivered after its caller gave up on it leaves no lock behind', async (t) => {
+  const { proxy, holder, locks } = await holderBehindProxy(t, { retryWrites: false })
+  await proxy.holdNext('insert', '_locks')
+  const done = await settled(holder.doWhileLocked(['late-insert'], () => {}, { lease: 30_000 }))
+  t.true(done.error instanceof MongoNetworkError, `the insert was lost: ${done.error ?? 'resolved'}`)
+  t.is(await proxy.deliverLate(), 'late reply')
+  // The late insert has landed. The caller's clean-up, tried when it gave up and again
+  // a second later, deletes its lock, whichever came first (without it the lock stays
+  // for its 30 s lease).
+  t.true(await eventually(async () => (await locks.countDocuments({ id: 'late-insert' })) === 0, 3_000), 'no lock left within 3 s')
+})
+
 test.serial('a process that ends after its release failed, without close(), tries the release again first', async (t) => {
   const { proxy, locks, url: proxied } = await holderBehindProxy(t, { retryWrites: false })
   const child = spawn(process.execPath, [path.join(here, 'fixtures', 'lose-release-and-exit.mjs'), locks.dbName, 'exiting'], {

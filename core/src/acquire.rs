@@ -440,8 +440,11 @@ impl Wait<'_> {
 /// A wait's ticket, and whether it may be in the lock's queue: a wait that ends
 /// without the lock leaves the queue in the background, releasing the lock if it was
 /// handed to it meanwhile. Also when the wait is dropped unfinished (the binding drops
-/// it when the server refuses our credentials): then a write of its may still be on
-/// its way, so the queue is left a second time `LATE_WRITE` later.
+/// it when the server refuses our credentials), or ended on a driver error: then a
+/// write of its may still be on its way, so the queue is left a second time
+/// `LATE_WRITE` later. That holds for a wait that never queued too: its insert may
+/// have been applied with its reply lost, or may reach the server later, and leave a
+/// lock nobody holds.
 struct QueueExit {
     shared: Arc<Shared>,
     key: LockKey,
@@ -461,7 +464,7 @@ impl QueueExit {
         let Some(ticket) = self.ticket.take() else {
             return;
         };
-        if !self.queued {
+        if !self.queued && again_after.is_none() {
             return;
         }
         let owner = std::mem::take(&mut self.owner);
