@@ -168,6 +168,42 @@ test.serial('a release whose write is lost is tried again: the key is free long 
   t.true(await taker.doWhileLocked(['lost-release'], () => true, { waitTimeout: 0 }))
 })
 
+test.serial('unlock() retried after its delete was applied with the reply lost leaves the next holder alone', async (t) => {
+  const { proxy, holder, taker, locks } = await holderBehindProxy(t, { retryWrites: false })
+  await holder.lock(['u'], { lease: 30_000 })
+  await proxy.holdNext('findAndModify', 'remove')
+  const first = await settled(holder.unlock(['u']))
+  t.true(first.error instanceof MongoNetworkError, `the delete's reply was lost: ${first.error ?? 'resolved'}`)
+  t.is(await proxy.deliverLate(), 'late reply')
+  t.is(await locks.countDocuments({ id: 'u' }), 0, 'the delete was applied')
+  await taker.lock(['u'], { lease: 30_000 })
+  const retried = await settled(holder.unlock(['u']))
+  t.is(retried.error?.code, 'ERR_LOCK_NOT_DELETED', 'the retry finds its own lock gone')
+  t.is(await locks.countDocuments({ id: 'u' }), 1, 'the next holder\'s lock is still there')
+})
+
+test.serial('a lock() whose insert is delivered after it rejected leaves no lock behind, even without a lease', async (t) => {
+  const { proxy, holder, locks } = await holderBehindProxy(t, { retryWrites: false })
+  await proxy.holdNext('insert', '_locks')
+  const done = await settled(holder.lock(['late-lock']))
+  t.true(done.error instanceof MongoNetworkError, `the insert was lost: ${done.error ?? 'resolved'}`)
+  t.is(await proxy.deliverLate(), 'late reply')
+  t.true(await eventually(async () => (await locks.countDocuments({ id: 'late-lock' })) === 0, 3_000), 'no lock left within 3 s')
+})
+
+test.serial('a write still in flight when its wait times out, delivered late, leaves no lock behind', async (t) => {
+  const { proxy, holder, locks } = await holderBehindProxy(t, { retryWrites: false })
+  await proxy.holdNext('insert', '_locks')
+  const done = await settled(holder.doWhileLocked(['timed-out'], () => {}, { lease: 30_000, waitTimeout: 300 }))
+  // Usually the timeout: the insert's own clean-up waits for the server to be selected
+  // again after the cut, longer than 300 ms. Either way the write is given up on.
+  t.true(done.error?.code === 'ERR_LOCK_WAIT_TIMEOUT' || done.error instanceof MongoNetworkError, String(done.error))
+  t.log(done.error?.code ?? done.error?.name)
+  await sleep(300) // the write's connection is cut, and the driver gives up on it
+  t.is(await proxy.deliverLate(), 'late reply')
+  t.true(await eventually(async () => (await locks.countDocuments({ id: 'timed-out' })) === 0, 3_000), 'no lock left within 3 s')
+})
+
 test.serial('an insert delivered after its caller gave up on it leaves no lock behind', async (t) => {
   const { proxy, holder, locks } = await holderBehindProxy(t, { retryWrites: false })
   await proxy.holdNext('insert', '_locks')

@@ -481,7 +481,8 @@ impl Drop for QueueExit {
 
 /// A write that may take a lock or queue for it, still in flight when its wait ended:
 /// once it has finished in the background, its waiter leaves the queue and the lock
-/// it took is released again.
+/// it took is released again; a second time `LATE_WRITE` later if the write failed,
+/// as it may still reach the server.
 struct InFlightWrite<T: Send + 'static> {
     task: Option<JoinHandle<Result<T>>>,
     shared: Arc<Shared>,
@@ -502,8 +503,13 @@ impl<T: Send + 'static> Drop for InFlightWrite<T> {
         );
         let (lease, ticket) = (self.lease, self.shared.ticket());
         self.shared.spawn(async move {
-            let _ = task.await;
+            let failed = !matches!(task.await, Ok(Ok(_)));
             shared.give_up(&key, &owner, lease).await;
+            // A write the driver gave up on may still reach the server.
+            if failed {
+                tokio::time::sleep(LATE_WRITE).await;
+                shared.give_up(&key, &owner, lease).await;
+            }
             drop(ticket);
         });
     }

@@ -33,7 +33,7 @@ pub use guard::{LockGuard, WorkGate};
 pub use key::{ids_to_string, js_number_to_string, LockKey, ResourceId};
 pub use lease::HoldOptions;
 
-use shared::Shared;
+use shared::{Shared, LATE_WRITE};
 use store::LockStore;
 
 /// Who holds a lock, as `LockService::holder` reads it.
@@ -80,7 +80,18 @@ impl LockService {
     pub async fn lock(&self, key: &LockKey, lease: Option<Duration>) -> Result<u64> {
         self.shared.open()?;
         let owner = uuid::Uuid::new_v4().simple().to_string();
-        let held = self.shared.store.insert(key, &owner, lease).await?;
+        let held = match self.shared.store.insert(key, &owner, lease).await {
+            Ok(held) => held,
+            Err(e @ LockError::Mongo(_)) => {
+                // The insert may have been applied with its reply lost, or may still
+                // reach the server: without a lease its lock would never go away.
+                let (lease, ticket) = (lease.unwrap_or_default(), self.shared.ticket());
+                let shared = &self.shared;
+                shared.give_up_in_background(key, owner, lease, ticket, Some(LATE_WRITE));
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         self.locked().insert(key.identity(), owner);
         Ok(held.fencing_token)
     }
@@ -93,9 +104,16 @@ impl LockService {
         self.shared.open()?;
         let owner = self.locked().remove(&key.identity());
         let deleted = match owner {
-            Some(owner) => {
-                self.shared.store.delete_owned(key, &owner).await? != store::Released::NotOurs
-            }
+            Some(owner) => match self.shared.store.delete_owned(key, &owner).await {
+                Ok(released) => released != store::Released::NotOurs,
+                Err(e) => {
+                    // The delete may have been applied with its reply lost, and the key
+                    // taken by someone else since: a retried `unlock()` must still
+                    // delete only this lock, never fall back to deleting anyone's.
+                    self.locked().entry(key.identity()).or_insert(owner);
+                    return Err(e);
+                }
+            },
             None => self.shared.store.delete_any(key).await?,
         };
         if deleted {
