@@ -41,12 +41,18 @@ test('a lock deleted behind the holder\'s back rejects with ERR_LOCK_LOST', asyn
   t.regex(error.message, /^Lock interrupted/)
 })
 
-test('a lease that runs out while renewals fail keeps the driver\'s error as its cause', async (t) => {
+/** A lock that reaches the server through a proxy the test can freeze or stop. */
+async function lockBehindProxy (t, options) {
   const { name } = await freshDatabase(t)
   const proxy = await startProxy(new URL(url).port || 27017)
   t.teardown(() => proxy.stop())
-  const lock = new ResourceLock({ url: throughProxy(url, proxy.port) + '&serverSelectionTimeoutMS=200&connectTimeoutMS=200', databaseName: name })
+  const lock = new ResourceLock({ url: throughProxy(url, proxy.port) + options, databaseName: name })
   t.teardown(() => lock.close().catch(() => {}))
+  return { proxy, lock }
+}
+
+test('a lease that runs out while renewals fail keeps the driver\'s error as its cause', async (t) => {
+  const { proxy, lock } = await lockBehindProxy(t, '&serverSelectionTimeoutMS=200&connectTimeoutMS=200')
   const inside = deferred()
   const holding = lock.doWhileLocked(['cut'], async ({ signal }) => {
     inside.resolve()
@@ -103,11 +109,7 @@ test('an unreachable server reads as the Node driver says it, without the topolo
 })
 
 test('a connection that breaks under a write rejects with the application\'s MongoNetworkError and its labels', async (t) => {
-  const { name } = await freshDatabase(t)
-  const proxy = await startProxy(new URL(url).port || 27017)
-  t.teardown(() => proxy.stop())
-  const lock = new ResourceLock({ url: throughProxy(url, proxy.port) + '&serverSelectionTimeoutMS=500', databaseName: name })
-  t.teardown(() => lock.close().catch(() => {}))
+  const { proxy, lock } = await lockBehindProxy(t, '&serverSelectionTimeoutMS=500')
   await lock.doWhileLocked(['warm-up'], () => {})
   proxy.freeze()
   const locking = lock.lock(['broken'])

@@ -503,14 +503,9 @@ impl<T: Send + 'static> Drop for InFlightWrite<T> {
         );
         let (lease, ticket) = (self.lease, self.shared.ticket());
         self.shared.spawn(async move {
-            let failed = !matches!(task.await, Ok(Ok(_)));
-            shared.give_up(&key, &owner, lease).await;
             // A write the driver gave up on may still reach the server.
-            if failed {
-                tokio::time::sleep(LATE_WRITE).await;
-                shared.give_up(&key, &owner, lease).await;
-            }
-            drop(ticket);
+            let again_after = (!matches!(task.await, Ok(Ok(_)))).then_some(LATE_WRITE);
+            shared.give_up_in_background(&key, owner, lease, ticket, again_after);
         });
     }
 }

@@ -24,7 +24,7 @@ use crate::key::LockKey;
 use crate::lease::{HoldOptions, KeeperHandle, Work};
 use crate::local_queue::LocalTurn;
 use crate::rejoin::{self, Place};
-use crate::shared::Shared;
+use crate::shared::{retried, Shared};
 use crate::store::{Held, PassedOn, Released};
 
 /// Bits of a fencing token below the database token: room for the local sequence.
@@ -354,14 +354,8 @@ fn end_again_later(hold: Arc<DbHold>) {
     let shared = hold.shared.clone();
     let ticket = shared.ticket();
     shared.spawn(async move {
-        let mut pause = RELEASE_RETRY_PAUSE;
-        for _ in 0..RELEASE_RETRIES {
-            tokio::time::sleep(pause).await;
-            if hold.end().await.is_ok() {
-                break;
-            }
-            pause *= 2;
-        }
+        tokio::time::sleep(RELEASE_RETRY_PAUSE).await;
+        retried(RELEASE_RETRIES, RELEASE_RETRY_PAUSE * 2, || hold.end()).await;
         drop(ticket);
     });
 }

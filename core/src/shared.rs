@@ -135,15 +135,10 @@ impl Shared {
     /// handed to it (`LockStore::give_up`). Tried again after a failure: a ticket left
     /// behind costs every other waiter a lease when it comes up.
     pub async fn give_up(&self, key: &LockKey, owner: &str, lease: Duration) {
-        let mut pause = GIVE_UP_PAUSE;
-        for _ in 1..GIVE_UP_ATTEMPTS {
-            if self.store.give_up(key, owner, lease).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(pause).await;
-            pause *= 2;
-        }
-        let _ = self.store.give_up(key, owner, lease).await;
+        retried(GIVE_UP_ATTEMPTS, GIVE_UP_PAUSE, || {
+            self.store.give_up(key, owner, lease)
+        })
+        .await;
     }
 
     /// `give_up` in the background, with `ticket` counted until it is done, and once
@@ -180,5 +175,25 @@ impl Shared {
     /// Resolves when no `ticket` is counted.
     pub async fn no_tickets(&self) {
         let _ = self.tickets.subscribe().wait_for(|n| *n == 0).await;
+    }
+}
+
+/// Runs `attempt` until it succeeds, at most `attempts` times, pausing `pause` after
+/// the first failure and twice as long after each next one.
+pub(crate) async fn retried<T, E, Attempt>(
+    attempts: u32,
+    mut pause: Duration,
+    mut attempt: impl FnMut() -> Attempt,
+) where
+    Attempt: Future<Output = std::result::Result<T, E>>,
+{
+    for tried in 1..=attempts {
+        if attempt().await.is_ok() {
+            return;
+        }
+        if tried < attempts {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
     }
 }
