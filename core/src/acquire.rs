@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mongodb::bson::Bson;
 use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -16,9 +17,9 @@ use crate::key::LockKey;
 use crate::lease::HoldOptions;
 use crate::local_queue::LocalTurn;
 use crate::rejoin::{self, Taken};
-use crate::release_feed::{HandOver, Subscription, Wake};
+use crate::release_feed::{HandOver, Restored, Subscription, Wake};
 use crate::shared::{Shared, Ticket, LATE_WRITE};
-use crate::store::{Blocker, Held, Queued, AFTER_DELETE};
+use crate::store::{Blocker, Held, Queued, RESTORE_WAIT};
 
 #[derive(Debug, Clone)]
 pub struct AcquireOptions {
@@ -259,15 +260,17 @@ impl Wait<'_> {
     ) -> Result<Held> {
         let mut backoff = Backoff::new(self.options.retry_interval);
         let mut subscription = None;
+        let mut behind = None;
         loop {
             // The turn may have come because `close()` ended the hold before us.
             self.interrupted()?;
-            let blocker = match taken.take() {
-                Some(taken) => {
+            let blocker = match (behind.take(), taken.take()) {
+                (Some(restored), _) => restored,
+                (None, Some(taken)) => {
                     subscription = Some(taken.releases);
                     taken.blocker
                 }
-                None => match self.look(owner, queued, &mut subscription).await? {
+                (None, None) => match self.look(owner, queued, &mut subscription).await? {
                     InTheWay::Lock(blocker) => blocker,
                     InTheWay::Ours(held) => return Ok(held),
                     // Released between our insert and our look: try again at once.
@@ -279,13 +282,17 @@ impl Wait<'_> {
                 return Ok(held);
             }
             let pause = self.pause(releases, &blocker, &mut backoff).await?;
-            if let Some(handed) = self.wait(releases, &blocker, owner, pause).await? {
-                if let Some(held) = self.handed_over(handed, owner).await? {
-                    return Ok(held);
+            match self.wait(releases, &blocker, owner, pause).await? {
+                Waited::Handed(handed) => {
+                    if let Some(held) = self.handed_over(handed, owner).await? {
+                        return Ok(held);
+                    }
+                    // The turn came to nothing (its lease had run out): the wait goes
+                    // on another way than its place foresaw.
+                    releases.listen_now();
                 }
-                // The turn came to nothing (its lease had run out): the wait goes on
-                // another way than its place foresaw.
-                releases.listen_now();
+                Waited::Behind(restored) => behind = Some(restored),
+                Waited::Look => {}
             }
         }
     }
@@ -385,33 +392,59 @@ impl Wait<'_> {
         )
     }
 
-    /// Waits up to `pause` for the blocker to be deleted or handed to us. After a
-    /// deletion it waits `AFTER_DELETE` more (see there).
+    /// Waits up to `pause` for the blocker to be deleted or handed to us.
     async fn wait(
         &self,
         releases: &mut Subscription,
         blocker: &Blocker,
         owner: &str,
         pause: Duration,
-    ) -> Result<Option<HandOver>> {
+    ) -> Result<Waited> {
         let now = Instant::now();
         if now >= self.deadline {
             return Err(LockError::WaitTimeout);
         }
-        self.interruptible(async {
-            tokio::select! {
-                wake = releases.wake(&blocker.doc_id, owner) => match wake {
-                    Wake::HandedToUs(handed) => Ok(Some(handed)),
-                    Wake::Deleted => {
-                        tokio::time::sleep(AFTER_DELETE).await;
-                        Ok(None)
-                    }
-                    Wake::Missed => Ok(None),
-                },
-                _ = tokio::time::sleep_until(now + pause) => Ok(None),
+        let woke = self
+            .interruptible(async {
+                tokio::select! {
+                    wake = releases.wake(&blocker.doc_id, owner) => Ok(Some(wake)),
+                    _ = tokio::time::sleep_until(now + pause) => Ok(None),
+                }
+            })
+            .await?;
+        match woke {
+            Some(Wake::HandedToUs(handed)) => Ok(Waited::Handed(handed)),
+            Some(Wake::Deleted) => self.after_deletion(releases, &blocker.doc_id, owner).await,
+            Some(Wake::Missed) | None => Ok(Waited::Look),
+        }
+    }
+
+    /// After the lock in our way was deleted: it may come back with its queue, ours
+    /// among it (`LockStore::restore`). If it does not within `RESTORE_WAIT`, the
+    /// others have had their `AFTER_DELETE` to insert, and we queue again.
+    async fn after_deletion(
+        &self,
+        releases: &mut Subscription,
+        doc_id: &Bson,
+        owner: &str,
+    ) -> Result<Waited> {
+        let restored = releases.restored(doc_id, owner, RESTORE_WAIT);
+        let restored = self.interruptible(async { Ok(restored.await) }).await?;
+        Ok(match restored {
+            Restored::ToUs(handed) => Waited::Handed(handed),
+            Restored::Behind {
+                places,
+                lease_expires_at,
+            } => {
+                releases.place(places);
+                let doc_id = doc_id.clone();
+                Waited::Behind(Blocker {
+                    doc_id,
+                    lease_expires_at,
+                })
             }
+            Restored::No => Waited::Look,
         })
-        .await
     }
 
     /// The rest of a single attempt (`waitTimeout: 0`): take the lock over if its lease
@@ -435,6 +468,17 @@ impl Wait<'_> {
         let millis = (expiry.timestamp_millis() - earliest).max(0) as u64;
         Ok(Some(Duration::from_millis(millis + 1)))
     }
+}
+
+/// How a wait for the lock in our way ended.
+enum Waited {
+    /// The lock was handed to us.
+    Handed(HandOver),
+    /// It came back with its queue after a deletion, with our ticket behind others:
+    /// wait on for it.
+    Behind(Blocker),
+    /// Look again: it was deleted, events were missed, or the pause ended.
+    Look,
 }
 
 /// A wait's ticket, and whether it may be in the lock's queue: a wait that ends

@@ -68,6 +68,23 @@ pub fn new_lock(key: &LockKey, owner: &str, lease: Option<(DateTime, DateTime)>)
     document
 }
 
+/// A lock deleted at the end of its passing window, put back under its `_id` with its
+/// `waiting` tickets (not empty), handed to the first of them, with `lease` (its
+/// expiry and the end of its passing window), as a hand-over would leave it.
+pub fn restored_lock(
+    key: &LockKey,
+    doc_id: Bson,
+    waiting: Vec<Bson>,
+    lease: (DateTime, DateTime),
+) -> Document {
+    let first = waiting.first().and_then(Bson::as_str).unwrap_or_default();
+    let mut document = doc! { "_id": doc_id };
+    document.extend(new_lock(key, first, Some(lease)));
+    document.insert(QUEUE, waiting);
+    document.insert(SERVED, 1);
+    document
+}
+
 /// The `$set` that gives an existing lock document to a new owner.
 pub fn new_owner(owner: &str, lease_expires_at: Option<DateTime>) -> Document {
     let now = now_millis();

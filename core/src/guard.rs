@@ -102,7 +102,8 @@ impl DbHold {
         self.keeper.stop();
         let (key, owner, lease) = (&self.key, &self.owner, self.lease());
         let store = &self.shared.store;
-        store.release(key, owner, lease, self.queued_behind).await
+        let released = store.release(key, owner, lease, self.queued_behind).await?;
+        Ok(self.shared.restore_later(key, released, lease))
     }
 
     /// `end`, for a process that will want the lock again: when the lock is passed
@@ -111,15 +112,16 @@ impl DbHold {
         self.keeper.stop();
         let (key, owner, lease) = (&self.key, &self.owner, self.lease());
         let (passed, place) = rejoin::pass_on(&self.shared, key, owner, lease).await?;
-        let store = &self.shared.store;
-        Ok((store.release_after(key, owner, passed).await?, place))
+        let released = self.shared.store.release_after(key, owner, passed).await?;
+        Ok((self.shared.restore_later(key, released, lease), place))
     }
 
     /// Ends a release that `pass_on` did not finish.
     async fn end_after(&self, passed: PassedOn) -> Result<Released> {
         self.keeper.stop();
         let store = &self.shared.store;
-        store.release_after(&self.key, &self.owner, passed).await
+        let released = store.release_after(&self.key, &self.owner, passed).await?;
+        Ok(self.shared.restore_later(&self.key, released, self.lease()))
     }
 
     /// Passes the lock to the next process in its queue, if any, queueing this

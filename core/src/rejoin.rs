@@ -8,14 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::key::LockKey;
 use crate::local_queue::{KeySlot, LocalTurn, Reserved, REJOIN_WINDOW};
-use crate::release_feed::{Subscription, Wake};
+use crate::release_feed::{Restored, Subscription, Wake};
 use crate::shared::{Shared, Ticket, LATE_WRITE};
-use crate::store::{Blocker, PassedOn, Rejoined};
+use crate::store::{Blocker, PassedOn, Rejoined, RESTORE_WAIT};
 
 /// A place in the queue, for the caller that takes it: it waits under `owner` for
 /// `blocker`, with `releases`, subscribed before the write, so it misses no event.
@@ -144,7 +145,8 @@ pub(crate) fn take(reserved: Reserved) -> Option<Taken> {
 
 /// Waits until the place is to be given up: `REJOIN_WINDOW` passed, the lock reached
 /// it, or `close()`. Then takes it back from the slot; `true` when there is nothing to
-/// give up (a caller took it, or the lock document it queued on was deleted).
+/// give up (a caller took it, or the lock document it queued on was deleted and not
+/// restored with it).
 async fn watch_unclaimed(
     shared: &Shared,
     slot: &KeySlot,
@@ -152,10 +154,22 @@ async fn watch_unclaimed(
     doc_id: &mongodb::bson::Bson,
     mut watch: Subscription,
 ) -> bool {
-    let woke = tokio::select! {
-        wake = watch.wake(doc_id, owner) => Some(wake),
-        _ = tokio::time::sleep(REJOIN_WINDOW) => None,
-        _ = shared.closed() => None,
-    };
-    !slot.abandon(owner) || matches!(woke, Some(Wake::Deleted))
+    let until = Instant::now() + REJOIN_WINDOW;
+    loop {
+        let woke = tokio::select! {
+            wake = watch.wake(doc_id, owner) => Some(wake),
+            _ = tokio::time::sleep_until(until) => None,
+            _ = shared.closed() => None,
+        };
+        // A lock deleted at the end of its passing window may come back with the place.
+        let deleted = match woke {
+            Some(Wake::Deleted) => match watch.restored(doc_id, owner, RESTORE_WAIT).await {
+                Restored::Behind { .. } => continue,
+                Restored::ToUs(_) => false,
+                Restored::No => true,
+            },
+            _ => false,
+        };
+        return !slot.abandon(owner) || deleted;
+    }
 }

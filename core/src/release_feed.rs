@@ -19,7 +19,7 @@ use mongodb::change_stream::event::{ChangeStreamEvent, OperationType};
 use mongodb::error::ErrorKind;
 use mongodb::Collection;
 
-use crate::document::{LEASE_EXPIRES_AT, OWNER};
+use crate::document::{waiting_tickets, LEASE_EXPIRES_AT, OWNER, SERVED};
 use crate::listening::{Ask, Deferral, Listening};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -41,6 +41,12 @@ pub struct ReleaseFeed {
 enum Change {
     Deleted(Bson),
     HandedOver(HandOver),
+    /// Put back with its queue after a deletion (`store.rs`, `restore`): handed over,
+    /// with the tickets still `waiting` after it.
+    Restored {
+        handed: HandOver,
+        waiting: Vec<String>,
+    },
 }
 
 /// A lock passed on through its queue, as the change stream tells it.
@@ -96,6 +102,21 @@ enum Running {
     /// The server refused to open a stream then; asked again only by a waiter, and
     /// not before `RETRY_REFUSED_DELAY`.
     RefusedAt(Instant),
+}
+
+/// Whether a lock deleted in a waiter's way came back with its queue.
+#[derive(Debug)]
+pub enum Restored {
+    /// Handed to the waiter.
+    ToUs(HandOver),
+    /// With the waiter's ticket queued, `places` hand-overs before its turn, and a new
+    /// lease.
+    Behind {
+        places: u32,
+        lease_expires_at: Option<DateTime>,
+    },
+    /// Not in time, or without its ticket: queue again.
+    No,
 }
 
 /// A waiter's view of the feed.
@@ -167,6 +188,38 @@ impl Subscription {
                 Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
             }
         }
+    }
+
+    /// After `wake` said the document `doc_id` was deleted: whether it comes back with
+    /// its queue within `within`, and what that means for `owner`.
+    pub async fn restored(&mut self, doc_id: &Bson, owner: &str, within: Duration) -> Restored {
+        let back = async {
+            loop {
+                match self.released.recv().await {
+                    Ok(Change::Restored { handed, waiting }) if &handed.doc_id == doc_id => {
+                        return restored_for(owner, handed, &waiting);
+                    }
+                    Ok(_) => continue,
+                    Err(_) => return Restored::No,
+                }
+            }
+        };
+        tokio::time::timeout(within, back)
+            .await
+            .unwrap_or(Restored::No)
+    }
+}
+
+fn restored_for(owner: &str, handed: HandOver, waiting: &[String]) -> Restored {
+    if handed.owner == owner {
+        return Restored::ToUs(handed);
+    }
+    match waiting.iter().position(|t| t == owner) {
+        Some(at) => Restored::Behind {
+            places: at as u32 + 1,
+            lease_expires_at: handed.lease_expires_at,
+        },
+        None => Restored::No,
     }
 }
 
@@ -352,7 +405,7 @@ fn deliver(inner: &Inner, event: ChangeStreamEvent<Document>) {
     let Some(change) = change(event) else {
         return;
     };
-    if let Change::HandedOver(handed) = &change {
+    if let Change::HandedOver(handed) | Change::Restored { handed, .. } = &change {
         inner.listening.handed_to(&handed.owner);
     }
     // No receiver is fine: nobody is waiting.
@@ -374,10 +427,12 @@ fn events_for(prefix: &str) -> Document {
     let ours = doc! { "$gte": prefix, "$lt": prefix_end(prefix) };
     let updated_owner = format!("updateDescription.updatedFields.{OWNER}");
     let replaced_owner = format!("fullDocument.{OWNER}");
+    let restored = format!("fullDocument.{SERVED}");
     doc! { "$match": { "$or": [
         { "operationType": "delete" },
         { "operationType": "update", updated_owner: ours.clone() },
         { "operationType": "replace", replaced_owner: ours },
+        { "operationType": "insert", restored: { "$exists": true } },
     ] } }
 }
 
@@ -397,16 +452,24 @@ fn change(event: ChangeStreamEvent<Document>) -> Option<Change> {
         return Some(Change::Deleted(doc_id));
     }
     let fields = match event.operation_type {
-        OperationType::Replace => event.full_document?,
+        OperationType::Replace | OperationType::Insert => event.full_document?,
         _ => event.update_description?.updated_fields,
     };
     let time = event.cluster_time?;
-    Some(Change::HandedOver(HandOver {
+    let handed = HandOver {
         doc_id,
         owner: fields.get_str(OWNER).ok()?.to_owned(),
         lease_expires_at: fields.get_datetime(LEASE_EXPIRES_AT).ok().copied(),
         fencing_token: ((time.time as u64) << 32) | time.increment as u64,
-    }))
+    };
+    if event.operation_type != OperationType::Insert {
+        return Some(Change::HandedOver(handed));
+    }
+    let waiting = waiting_tickets(&fields).iter();
+    let waiting = waiting
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    Some(Change::Restored { handed, waiting })
 }
 
 #[cfg(test)]

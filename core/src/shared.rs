@@ -14,7 +14,7 @@ use crate::error::{LockError, Result};
 use crate::key::LockKey;
 use crate::local_queue::LocalQueues;
 use crate::release_feed::ReleaseFeed;
-use crate::store::LockStore;
+use crate::store::{LockStore, Queue, Released, AFTER_DELETE, RESTORE_WAIT};
 
 /// How long after a write that may have queued us, but whose outcome we do not know,
 /// the queue is left a second time: the write may have been applied, or may still
@@ -133,12 +133,58 @@ impl Shared {
 
     /// Takes `owner`'s ticket out of the queue of `key`, releasing the lock if it was
     /// handed to it (`LockStore::give_up`). Tried again after a failure: a ticket left
-    /// behind costs every other waiter a lease when it comes up.
+    /// behind costs every other waiter a lease when it comes up. When neither the
+    /// ticket nor a lock of its is found, the lock may have been deleted at the end of
+    /// its passing window, and is coming back with the ticket in its queue: then once
+    /// more after `RESTORE_WAIT`.
     pub async fn give_up(&self, key: &LockKey, owner: &str, lease: Duration) {
-        retried(GIVE_UP_ATTEMPTS, GIVE_UP_PAUSE, || {
-            self.store.give_up(key, owner, lease)
-        })
-        .await;
+        if self.give_up_once(key, owner, lease).await == Some(Released::NotOurs) {
+            tokio::time::sleep(RESTORE_WAIT).await;
+            self.give_up_once(key, owner, lease).await;
+        }
+    }
+
+    async fn give_up_once(&self, key: &LockKey, owner: &str, lease: Duration) -> Option<Released> {
+        let attempt = || self.store.give_up(key, owner, lease);
+        match retried(GIVE_UP_ATTEMPTS, GIVE_UP_PAUSE, attempt).await? {
+            Some(Released::Passing(queue)) => {
+                self.restore(key, queue, lease).await;
+                None
+            }
+            released => released,
+        }
+    }
+
+    /// What a release did, after starting in the background the restore of a lock it
+    /// deleted at the end of its passing window (`Released::Passing`, which it
+    /// reports as `Contended`).
+    pub fn restore_later(
+        self: &Arc<Self>,
+        key: &LockKey,
+        released: Released,
+        lease: Duration,
+    ) -> Released {
+        let Released::Passing(queue) = released else {
+            return released;
+        };
+        let (shared, key, ticket) = (self.clone(), key.clone(), self.ticket());
+        self.spawn(async move {
+            shared.restore(&key, queue, lease).await;
+            drop(ticket);
+        });
+        Released::Contended
+    }
+
+    /// Puts a lock deleted at the end of its passing window back with its queue, once
+    /// others have had `AFTER_DELETE` to insert (`LockStore::restore`). If that fails,
+    /// or `close()` comes first, its waiters queue again.
+    async fn restore(&self, key: &LockKey, queue: Queue, lease: Duration) {
+        tokio::select! {
+            _ = self.closed() => {}
+            _ = tokio::time::sleep(AFTER_DELETE) => {
+                let _ = self.store.restore(key, queue, lease).await;
+            }
+        }
     }
 
     /// `give_up` in the background, with `ticket` counted until it is done, and once
@@ -179,21 +225,23 @@ impl Shared {
 }
 
 /// Runs `attempt` until it succeeds, at most `attempts` times, pausing `pause` after
-/// the first failure and twice as long after each next one.
+/// the first failure and twice as long after each next one; what it succeeded with.
 pub(crate) async fn retried<T, E, Attempt>(
     attempts: u32,
     mut pause: Duration,
     mut attempt: impl FnMut() -> Attempt,
-) where
+) -> Option<T>
+where
     Attempt: Future<Output = std::result::Result<T, E>>,
 {
     for tried in 1..=attempts {
-        if attempt().await.is_ok() {
-            return;
+        if let Ok(done) = attempt().await {
+            return Some(done);
         }
         if tried < attempts {
             tokio::time::sleep(pause).await;
             pause *= 2;
         }
     }
+    None
 }

@@ -55,6 +55,14 @@ impl From<&Document> for Blocker {
     }
 }
 
+/// The queue of a lock deleted at the end of its passing window: the document's `_id`
+/// and its waiting tickets, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queue {
+    doc_id: Bson,
+    waiting: Vec<Bson>,
+}
+
 /// A lock document as `find` reads it.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -66,12 +74,15 @@ pub struct Stored {
 }
 
 /// The outcome of deleting our own lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Released {
     /// Deleted; nobody else was waiting for it.
     Free,
     /// Deleted; a waiter marked it while we held it.
     Contended,
+    /// Deleted at the end of its passing window with processes queued, to be put back
+    /// with its queue (`restore`) once others have had their chance to insert.
+    Passing(Queue),
     /// Passed to the first waiter of its queue (`pass_on`).
     HandedOver,
     /// It was no longer ours.
@@ -454,6 +465,11 @@ const PASSING: Duration = Duration::from_secs(1);
 /// `PASSING` of continuous hand-overs, or a release by the original class.
 pub const AFTER_DELETE: Duration = Duration::from_millis(20);
 
+/// How long waiters whose lock was deleted wait for it to come back with its queue
+/// (`restore`) before they queue again: `AFTER_DELETE`, then time for the restoring
+/// insert and its event to arrive on a busy machine.
+pub const RESTORE_WAIT: Duration = Duration::from_millis(60);
+
 /// What `take_or_enqueue` found.
 #[derive(Debug)]
 pub enum Queued {
@@ -684,10 +700,47 @@ impl LockStore {
             PassedOn::NotOurs => Ok(Released::NotOurs),
             PassedOn::NobodyQueued { .. } => self.delete_owned(key, owner).await,
             // Others are queued: they are to go first.
-            PassedOn::Capped => Ok(match self.delete_owned(key, owner).await? {
-                Released::NotOurs => Released::NotOurs,
-                _ => Released::Contended,
+            PassedOn::Capped => self.delete_passing(key, owner).await,
+        }
+    }
+
+    /// Deletes our lock at the end of its passing window, keeping its queue to put it
+    /// back with (`restore`).
+    async fn delete_passing(&self, key: &LockKey, owner: &str) -> Result<Released> {
+        let deleted = self
+            .locks
+            .find_one_and_delete(doc! { ID: key.to_bson(), OWNER: owner })
+            .projection(doc! { "_id": 1, QUEUE: 1, SERVED: 1 })
+            .await?;
+        let Some(deleted) = deleted else {
+            return Ok(Released::NotOurs);
+        };
+        let waiting = document::waiting_tickets(&deleted).to_vec();
+        Ok(match deleted.get("_id") {
+            Some(doc_id) if !waiting.is_empty() => Released::Passing(Queue {
+                doc_id: doc_id.clone(),
+                waiting,
             }),
+            _ => Released::Contended,
+        })
+    }
+
+    /// Puts a lock deleted at the end of its passing window back, under its `_id`, with
+    /// its queue, handed to the first waiting ticket (with a lease of `lease`): one
+    /// insert, after which the waiters wait on as if it had been passed on. Nothing
+    /// happens if the key was taken meanwhile (by the original class, or by a waiter
+    /// that cannot queue): the waiters then queue again.
+    pub async fn restore(&self, key: &LockKey, queue: Queue, lease: Duration) -> Result<()> {
+        let lease = self.lease_and_passing(lease).await?;
+        let restored = document::restored_lock(key, queue.doc_id, queue.waiting, lease);
+        match self
+            .locks
+            .insert_one(restored)
+            .await
+            .map_err(|e| duplicate_key_or(e, key))
+        {
+            Ok(_) | Err(LockError::DuplicateKey { .. }) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -704,8 +757,13 @@ impl LockStore {
     }
 
     /// A waiter that gave up: leaves the queue, and releases the lock if it was handed
-    /// to it in the meantime.
-    pub async fn give_up(&self, key: &LockKey, owner: &str, lease: Duration) -> Result<()> {
+    /// to it in the meantime; `None` when it left the queue, else what the release did.
+    pub async fn give_up(
+        &self,
+        key: &LockKey,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<Released>> {
         let left = self
             .locks
             .update_one(
@@ -714,10 +772,10 @@ impl LockStore {
             )
             .await?;
         // A ticket still queued was never handed the lock.
-        if left.matched_count == 0 {
-            self.release(key, owner, lease, true).await?;
+        if left.matched_count == 1 {
+            return Ok(None);
         }
-        Ok(())
+        self.release(key, owner, lease, true).await.map(Some)
     }
 }
 

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use mongodb::bson::{doc, Bson, Document};
+use mongodb::change_stream::event::OperationType;
 use mongodb::event::command::CommandEvent;
 use mongodb::event::EventHandler;
 use mongodb::Collection;
@@ -481,31 +483,116 @@ async fn two_processes_taking_turns_always_release_their_own_lock() {
     client.database(&db).drop().await.unwrap();
 }
 
+/// Holds `queued` in `service`, with its passing window over: its next release
+/// deletes it, queue or not. Returns the guard and the document's `_id`.
+async fn held_past_its_passing_window(
+    service: &LockService,
+    locks: &Collection<Document>,
+) -> (LockGuard, Bson) {
+    let key = LockKey::Str("queued".into());
+    let held = service.acquire(&key, &options(5_000, 5_000)).await.unwrap();
+    let over = mongodb::bson::DateTime::from_millis(0);
+    let expired = doc! { "$set": { document::PASSES_UNTIL: over } };
+    let found = locks
+        .find_one_and_update(doc! { "id": "queued" }, expired)
+        .await
+        .unwrap()
+        .unwrap();
+    (held, found.get("_id").unwrap().clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_deleted_at_the_end_of_its_passing_window_comes_back_with_its_queue() {
+    let (service, client, db) = service().await;
+    let locks = locks(&client, &db);
+    let (held, first_id) = held_past_its_passing_window(&service, &locks).await;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for name in 1..=3 {
+        let other = other_process(&db).await;
+        tasks.push(contender(name, other, locks.clone(), order.clone()));
+        queued(&locks, "queued", name).await;
+    }
+    let mut events = locks.watch().await.unwrap();
+    assert!(held.release().await.unwrap());
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let order = order.lock().await.clone();
+    let names: Vec<_> = order.iter().map(|(name, ..)| *name).collect();
+    assert_eq!(names, vec![1, 2, 3], "the queue kept its order");
+    assert!(order.iter().all(|(_, id, _)| id == &first_id), "{order:?}");
+    assert!(
+        order.windows(2).all(|w| w[1].2 > w[0].2),
+        "tokens: {order:?}"
+    );
+    // It was deleted (others could insert), then inserted again under its `_id`.
+    let (first, second) = (events.next().await, events.next().await);
+    let kinds = [first, second].map(|e| e.unwrap().unwrap().operation_type);
+    assert_eq!(kinds, [OperationType::Delete, OperationType::Insert]);
+    client.database(&db).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiter_that_gives_up_while_its_lock_is_away_is_not_restored_into_the_queue() {
+    let (service, client, db) = service().await;
+    let locks = locks(&client, &db);
+    let key = LockKey::Str("queued".into());
+    let (held, _) = held_past_its_passing_window(&service, &locks).await;
+    let next = other_process(&db).await;
+    let waiting = tokio::spawn({
+        let key = key.clone();
+        async move { next.acquire(&key, &options(5_000, 5_000)).await }
+    });
+    queued(&locks, "queued", 1).await;
+    let leaver = other_process(&db).await;
+    let leaving = options(5_000, 5_000);
+    let cancel = leaving.cancel.clone();
+    let left = tokio::spawn(async move { leaver.acquire(&key, &leaving).await });
+    queued(&locks, "queued", 2).await;
+    assert!(held.release().await.unwrap());
+    // It gives up between the deletion and the restore.
+    cancel.cancel();
+    assert!(matches!(left.await.unwrap(), Err(LockError::Aborted)));
+    let next = waiting.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(next.release().await.unwrap());
+    // Nobody waits any more: the lock is deleted, not handed to the leaver's ticket.
+    assert_eq!(locks.count_documents(doc! {}).await.unwrap(), 0);
+    client.database(&db).drop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lock_passed_on_for_long_is_deleted_once_so_others_can_insert() {
     let (service, client, db) = service().await;
     let locks = locks(&client, &db);
-    let key = LockKey::Str("queued".into());
-    let held = service.acquire(&key, &options(5_000, 5_000)).await.unwrap();
-    let expired =
-        doc! { "$set": { document::PASSES_UNTIL: mongodb::bson::DateTime::from_millis(0) } };
-    locks
-        .update_one(doc! { "id": "queued" }, expired)
-        .await
-        .unwrap();
-    let first = locks
-        .find_one(doc! { "id": "queued" })
-        .await
-        .unwrap()
-        .unwrap();
+    let (held, first_id) = held_past_its_passing_window(&service, &locks).await;
     let order = Arc::new(Mutex::new(Vec::new()));
     let task = contender(1, other_process(&db).await, locks.clone(), order.clone());
     queued(&locks, "queued", 1).await;
+    // A process of the original class, polling: it gets the key between the deletion
+    // and the restore.
+    let foreign = tokio::spawn({
+        let locks = locks.clone();
+        async move {
+            let original = doc! { "id": "queued", "locked_at": 1.0 };
+            loop {
+                if let Ok(inserted) = locks.insert_one(original.clone()).await {
+                    return inserted.inserted_id;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
     assert!(held.release().await.unwrap());
+    let foreign_id = foreign.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(order.lock().await.is_empty(), "the original's lock stands");
+    locks.delete_one(doc! { "_id": &foreign_id }).await.unwrap();
     task.await.unwrap();
-    // Deleted despite the queue; the waiter then inserted a new document.
+    // The waiter queued again and inserted a new document.
     let (_, id, _) = order.lock().await[0].clone();
-    assert_ne!(&id, first.get("_id").unwrap());
+    assert!(id != first_id && id != foreign_id, "{id}");
     client.database(&db).drop().await.unwrap();
 }
 
