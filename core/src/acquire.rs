@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongodb::bson::Bson;
 use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -19,7 +18,7 @@ use crate::local_queue::LocalTurn;
 use crate::rejoin::{self, Taken};
 use crate::release_feed::{HandOver, Restored, Subscription, Wake};
 use crate::shared::{Shared, Ticket, LATE_WRITE};
-use crate::store::{Blocker, Held, Queued, RESTORE_WAIT};
+use crate::store::{Blocker, Held, Queued, AFTER_DELETE, RESTORE_WAIT};
 
 #[derive(Debug, Clone)]
 pub struct AcquireOptions {
@@ -414,20 +413,29 @@ impl Wait<'_> {
             .await?;
         match woke {
             Some(Wake::HandedToUs(handed)) => Ok(Waited::Handed(handed)),
-            Some(Wake::Deleted) => self.after_deletion(releases, &blocker.doc_id, owner).await,
+            Some(Wake::Deleted) => self.after_deletion(releases, blocker, owner).await,
             Some(Wake::Missed) | None => Ok(Waited::Look),
         }
     }
 
-    /// After the lock in our way was deleted: it may come back with its queue, ours
-    /// among it (`LockStore::restore`). If it does not within `RESTORE_WAIT`, the
-    /// others have had their `AFTER_DELETE` to insert, and we queue again.
+    /// After the lock in our way was deleted: one with a lease (ours) may come back
+    /// with its queue, ours among it (`LockStore::restore`). If it does not within
+    /// `RESTORE_WAIT`, or was the original's, we queue again once others have had
+    /// their `AFTER_DELETE` to insert.
     async fn after_deletion(
         &self,
         releases: &mut Subscription,
-        doc_id: &Bson,
+        blocker: &Blocker,
         owner: &str,
     ) -> Result<Waited> {
+        if blocker.lease_expires_at.is_none() {
+            let pause = async {
+                tokio::time::sleep(AFTER_DELETE).await;
+                Ok(Waited::Look)
+            };
+            return self.interruptible(pause).await;
+        }
+        let doc_id = &blocker.doc_id;
         let restored = releases.restored(doc_id, owner, RESTORE_WAIT);
         let restored = self.interruptible(async { Ok(restored.await) }).await?;
         Ok(match restored {
@@ -443,7 +451,7 @@ impl Wait<'_> {
                     lease_expires_at,
                 })
             }
-            Restored::No => Waited::Look,
+            Restored::Without | Restored::Unseen => Waited::Look,
         })
     }
 

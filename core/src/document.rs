@@ -68,20 +68,25 @@ pub fn new_lock(key: &LockKey, owner: &str, lease: Option<(DateTime, DateTime)>)
     document
 }
 
-/// A lock deleted at the end of its passing window, put back under its `_id` with its
-/// `waiting` tickets (not empty), handed to the first of them, with `lease` (its
-/// expiry and the end of its passing window), as a hand-over would leave it.
+/// A lock deleted at the end of its passing window, put back under its `_id`, handed
+/// to the first of its `waiting` tickets (not empty) with `lease` (its expiry and the
+/// end of its passing window), the others queued. `SERVED` is written (as 0) only
+/// here, so that the change stream can tell a restored lock from a new one.
 pub fn restored_lock(
     key: &LockKey,
     doc_id: Bson,
-    waiting: Vec<Bson>,
+    mut waiting: Vec<Bson>,
     lease: (DateTime, DateTime),
 ) -> Document {
-    let first = waiting.first().and_then(Bson::as_str).unwrap_or_default();
+    let first = waiting.remove(0);
     let mut document = doc! { "_id": doc_id };
-    document.extend(new_lock(key, first, Some(lease)));
+    document.extend(new_lock(
+        key,
+        first.as_str().unwrap_or_default(),
+        Some(lease),
+    ));
     document.insert(QUEUE, waiting);
-    document.insert(SERVED, 1);
+    document.insert(SERVED, 0);
     document
 }
 

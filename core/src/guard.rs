@@ -25,7 +25,7 @@ use crate::lease::{HoldOptions, KeeperHandle, Work};
 use crate::local_queue::LocalTurn;
 use crate::rejoin::{self, Place};
 use crate::shared::{retried, Shared};
-use crate::store::{Held, PassedOn, Released};
+use crate::store::{Held, PassedOn, Released, RESTORE_WAIT};
 
 /// Bits of a fencing token below the database token: room for the local sequence.
 const LOCAL_SEQUENCE_BITS: u32 = 16;
@@ -52,6 +52,8 @@ pub(crate) struct DbHold {
     keeper: KeeperHandle,
     /// The answer of the last `look_ahead`, once it has come.
     looked_ahead: Mutex<Option<oneshot::Receiver<bool>>>,
+    /// When this process began to hold the lock.
+    since: Instant,
 }
 
 impl DbHold {
@@ -74,6 +76,7 @@ impl DbHold {
             lease_ms: AtomicU64::new(lease.as_millis() as u64),
             keeper,
             looked_ahead: Mutex::default(),
+            since: Instant::now(),
         })
     }
 
@@ -103,7 +106,7 @@ impl DbHold {
         let (key, owner, lease) = (&self.key, &self.owner, self.lease());
         let store = &self.shared.store;
         let released = store.release(key, owner, lease, self.queued_behind).await?;
-        Ok(self.shared.restore_later(key, released, lease))
+        Ok(self.restore_later(released))
     }
 
     /// `end`, for a process that will want the lock again: when the lock is passed
@@ -113,7 +116,7 @@ impl DbHold {
         let (key, owner, lease) = (&self.key, &self.owner, self.lease());
         let (passed, place) = rejoin::pass_on(&self.shared, key, owner, lease).await?;
         let released = self.shared.store.release_after(key, owner, passed).await?;
-        Ok((self.shared.restore_later(key, released, lease), place))
+        Ok((self.restore_later(released), place))
     }
 
     /// Ends a release that `pass_on` did not finish.
@@ -121,7 +124,14 @@ impl DbHold {
         self.keeper.stop();
         let store = &self.shared.store;
         let released = store.release_after(&self.key, &self.owner, passed).await?;
-        Ok(self.shared.restore_later(&self.key, released, self.lease()))
+        Ok(self.restore_later(released))
+    }
+
+    /// `released`, after starting the restore of the lock if it was deleted at the
+    /// end of its passing window.
+    fn restore_later(&self, released: Released) -> Released {
+        let (key, lease, held_for) = (&self.key, self.lease(), self.since.elapsed());
+        self.shared.restore_later(key, released, lease, held_for)
     }
 
     /// Passes the lock to the next process in its queue, if any, queueing this
@@ -436,8 +446,13 @@ async fn hand_over_locally(hold: Arc<DbHold>, turn: LocalTurn) -> Result<bool> {
 /// next local attempt waits a moment so that the other process's waiter gets it.
 /// A place the release took in the queue is kept for the next local caller.
 fn released(hold: &DbHold, mut turn: LocalTurn, how: Released, place: Option<Place>) -> bool {
-    let contended = how == Released::Contended;
-    let yield_for = contended.then(|| hold.shared.store.yield_window());
+    // After a restore starts, until it surely ended: a caller that queued first would
+    // take the free key ahead of the restored queue.
+    let yield_for = match how {
+        Released::Contended => Some(hold.shared.store.yield_window()),
+        Released::Restoring => Some(RESTORE_WAIT),
+        _ => None,
+    };
     turn.released(yield_for, how == Released::HandedOver);
     match place {
         Some(place) => rejoin::keep(place, turn, &hold.shared, &hold.key, hold.lease()),

@@ -81,10 +81,11 @@ struct Deferred {
     /// When it took its place, and how many hand-overs were to come before its turn.
     placed: Option<(Instant, u32)>,
     /// Whether its wait measures the pace: not once it went another way (`listen_now`),
-    /// as after the deletion of the lock it queued for. The queue is then rebuilt by
-    /// waiters that heard the deletion at different times, and such waits taught a
-    /// pace too slow: with 32 processes on one key, 266-288 hand-overs/s against
-    /// 294-322 without them (A/B on one fresh server).
+    /// as after the deletion of the lock it queued for. Where the lock is not restored
+    /// with its queue, the queue is rebuilt by waiters that heard the deletion at
+    /// different times, and such waits taught a pace too slow: with 32 processes on
+    /// one key, 266-288 hand-overs/s against 294-322 without them (A/B on one fresh
+    /// server).
     learns: bool,
 }
 
@@ -135,14 +136,14 @@ impl Listening {
         }
     }
 
-    /// The feed delivered `owner`'s turn: its subscribers stop listening, and the time
-    /// their wait took per place is learnt.
-    pub fn handed_to(&self, owner: &str) {
+    /// The feed delivered `owner`'s turn: its subscribers stop listening, and, if
+    /// `learn`, the time their wait took per place is learnt.
+    pub fn handed_to(&self, owner: &str, learn: bool) {
         let mut state = self.state();
         let mut waited = None;
         for deferred in state.deferred.values_mut().filter(|d| d.owner == owner) {
             deferred.from = None;
-            if let Some((at, places)) = deferred.placed.take() {
+            if let Some((at, places)) = deferred.placed.take().filter(|_| learn) {
                 waited = Some(at.elapsed() / places.max(1));
             }
         }
@@ -310,7 +311,7 @@ mod tests {
         let near = listening.defer("near");
         near.place(2);
         assert_eq!(listening.ask(2), Ask::Now);
-        listening.handed_to("near");
+        listening.handed_to("near", true);
         assert_eq!(listening.ask(2), Ask::NotBefore(Some(from)));
     }
 
@@ -320,19 +321,19 @@ mod tests {
         let waiter = listening.defer("w");
         waiter.place(10);
         tokio::time::advance(100 * MS).await;
-        listening.handed_to("w");
+        listening.handed_to("w", true);
         // The first wait counts for half its 10 ms.
         assert_eq!(listening.state().per_place, Some(5 * MS));
         let next = waiter.again();
         next.place(10);
         tokio::time::advance(150 * MS).await;
-        listening.handed_to("w");
+        listening.handed_to("w", true);
         // A slower wait counts for a tenth: 9/10 of 5 ms and 1/10 of 15 ms.
         assert_eq!(listening.state().per_place, Some(6 * MS));
         let last = next.again();
         last.place(10);
         tokio::time::advance(20 * MS).await;
-        listening.handed_to("w");
+        listening.handed_to("w", true);
         // A faster one for half: 6 ms and 2 ms.
         assert_eq!(listening.state().per_place, Some(4 * MS));
     }
@@ -347,7 +348,7 @@ mod tests {
         waiter.listen_now();
         assert_eq!(listening.ask(1), Ask::Now);
         tokio::time::advance(200 * MS).await;
-        listening.handed_to("w");
+        listening.handed_to("w", true);
         assert_eq!(listening.state().per_place, Some(4 * MS));
         assert!(waiter.is_done());
         assert_eq!(listening.ask(1), Ask::NotBefore(None));
@@ -358,7 +359,7 @@ mod tests {
         };
         assert_eq!(from, Instant::now() + deferral(Some(4 * MS), 10));
         tokio::time::advance(200 * MS).await;
-        listening.handed_to("w");
+        listening.handed_to("w", true);
         assert_eq!(listening.state().per_place, Some(4 * MS));
     }
 }

@@ -155,21 +155,26 @@ async fn watch_unclaimed(
     mut watch: Subscription,
 ) -> bool {
     let until = Instant::now() + REJOIN_WINDOW;
-    loop {
+    let gone = loop {
         let woke = tokio::select! {
-            wake = watch.wake(doc_id, owner) => Some(wake),
-            _ = tokio::time::sleep_until(until) => None,
-            _ = shared.closed() => None,
+            wake = watch.wake(doc_id, owner) => wake,
+            _ = tokio::time::sleep_until(until) => break false,
+            _ = shared.closed() => break false,
         };
+        if !matches!(woke, Wake::Deleted) {
+            break false;
+        }
         // A lock deleted at the end of its passing window may come back with the place.
-        let deleted = match woke {
-            Some(Wake::Deleted) => match watch.restored(doc_id, owner, RESTORE_WAIT).await {
-                Restored::Behind { .. } => continue,
-                Restored::ToUs(_) => false,
-                Restored::No => true,
-            },
-            _ => false,
+        let restored = tokio::select! {
+            restored = watch.restored(doc_id, owner, RESTORE_WAIT) => restored,
+            _ = shared.closed() => break false,
         };
-        return !slot.abandon(owner) || deleted;
-    }
+        match restored {
+            Restored::Behind { places, .. } => watch.place(places),
+            Restored::Without => break true,
+            // Handed to the place, or not seen back: give it up (passing it on).
+            Restored::ToUs(_) | Restored::Unseen => break false,
+        }
+    };
+    !slot.abandon(owner) || gone
 }

@@ -64,7 +64,8 @@ pub struct HandOver {
 /// Why a waiter woke.
 #[derive(Debug)]
 pub enum Wake {
-    /// The document in its way was deleted: try again.
+    /// The document in its way was deleted: it may come back with its queue
+    /// (`Subscription::restored`), else try again.
     Deleted,
     /// Events were lost: look again.
     Missed,
@@ -115,8 +116,10 @@ pub enum Restored {
         places: u32,
         lease_expires_at: Option<DateTime>,
     },
-    /// Not in time, or without its ticket: queue again.
-    No,
+    /// Back, but without the waiter's ticket.
+    Without,
+    /// Not seen: not in time, or events were lost.
+    Unseen,
 }
 
 /// A waiter's view of the feed.
@@ -200,13 +203,13 @@ impl Subscription {
                         return restored_for(owner, handed, &waiting);
                     }
                     Ok(_) => continue,
-                    Err(_) => return Restored::No,
+                    Err(_) => return Restored::Unseen,
                 }
             }
         };
         tokio::time::timeout(within, back)
             .await
-            .unwrap_or(Restored::No)
+            .unwrap_or(Restored::Unseen)
     }
 }
 
@@ -219,7 +222,7 @@ fn restored_for(owner: &str, handed: HandOver, waiting: &[String]) -> Restored {
             places: at as u32 + 1,
             lease_expires_at: handed.lease_expires_at,
         },
-        None => Restored::No,
+        None => Restored::Without,
     }
 }
 
@@ -405,15 +408,20 @@ fn deliver(inner: &Inner, event: ChangeStreamEvent<Document>) {
     let Some(change) = change(event) else {
         return;
     };
-    if let Change::HandedOver(handed) | Change::Restored { handed, .. } = &change {
-        inner.listening.handed_to(&handed.owner);
+    match &change {
+        Change::HandedOver(handed) => inner.listening.handed_to(&handed.owner, true),
+        // Its wait spanned a deletion: no measure of the pace.
+        Change::Restored { handed, .. } => inner.listening.handed_to(&handed.owner, false),
+        Change::Deleted(_) => {}
     }
     // No receiver is fine: nobody is waiting.
     let _ = inner.released.send(change);
 }
 
 /// The stage that keeps the events a waiter of this service may wait for: deletions,
-/// and hand-overs to an owner id that starts with `prefix`.
+/// hand-overs to an owner id that starts with `prefix`, and locks put back with their
+/// queue after a deletion (`store.rs`, `restore`; the only inserts that write
+/// `served`), which may hold a ticket of any process.
 ///
 /// A hand-over is an update pipeline, which MongoDB before 5.0 (or at feature
 /// compatibility 4.4) writes to the oplog as a whole new document, so its event is a
@@ -525,6 +533,34 @@ mod tests {
         assert_eq!(handed.owner, "b");
         assert_eq!(handed.lease_expires_at, Some(expiry));
         assert_eq!(handed.fencing_token, (7 << 32) | 3);
+    }
+
+    #[test]
+    fn a_restored_lock_tells_each_ticket_its_place() {
+        let expiry = DateTime::from_millis(5_000);
+        let key = crate::key::LockKey::Str("k".into());
+        let waiting = vec!["a".into(), "b".into(), "c".into()];
+        let lock = crate::document::restored_lock(&key, Bson::Int32(1), waiting, (expiry, expiry));
+        let event = mongodb::bson::from_document(doc! {
+            "_id": { "_data": "1" },
+            "operationType": "insert",
+            "clusterTime": Timestamp { time: 7, increment: 3 },
+            "documentKey": { "_id": 1 },
+            "fullDocument": lock,
+        })
+        .unwrap();
+        let Some(Change::Restored { handed, waiting }) = change(event) else {
+            panic!("not a restore");
+        };
+        assert_eq!(
+            (handed.owner.as_str(), handed.lease_expires_at),
+            ("a", Some(expiry))
+        );
+        assert_eq!(handed.fencing_token, (7 << 32) | 3);
+        let restored = |owner| restored_for(owner, handed.clone(), &waiting);
+        assert!(matches!(restored("a"), Restored::ToUs(_)));
+        assert!(matches!(restored("c"), Restored::Behind { places: 2, .. }));
+        assert!(matches!(restored("z"), Restored::Without));
     }
 
     #[tokio::test(start_paused = true)]

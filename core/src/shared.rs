@@ -147,6 +147,7 @@ impl Shared {
     async fn give_up_once(&self, key: &LockKey, owner: &str, lease: Duration) -> Option<Released> {
         let attempt = || self.store.give_up(key, owner, lease);
         match retried(GIVE_UP_ATTEMPTS, GIVE_UP_PAUSE, attempt).await? {
+            // Handed to us and at once deleted: nobody held it.
             Some(Released::Passing(queue)) => {
                 self.restore(key, queue, lease).await;
                 None
@@ -155,24 +156,29 @@ impl Shared {
         }
     }
 
-    /// What a release did, after starting in the background the restore of a lock it
-    /// deleted at the end of its passing window (`Released::Passing`, which it
-    /// reports as `Contended`).
+    /// What a release after a hold of `held_for` did, after starting in the
+    /// background the restore of a lock it deleted at the end of its passing window
+    /// (`Released::Passing`, reported as `Restoring`, or as `Contended` where the
+    /// queue is not worth it).
     pub fn restore_later(
         self: &Arc<Self>,
         key: &LockKey,
         released: Released,
         lease: Duration,
+        held_for: Duration,
     ) -> Released {
         let Released::Passing(queue) = released else {
             return released;
         };
+        if !queue.worth_restoring(held_for) {
+            return Released::Contended;
+        }
         let (shared, key, ticket) = (self.clone(), key.clone(), self.ticket());
         self.spawn(async move {
             shared.restore(&key, queue, lease).await;
             drop(ticket);
         });
-        Released::Contended
+        Released::Restoring
     }
 
     /// Puts a lock deleted at the end of its passing window back with its queue, once

@@ -63,6 +63,17 @@ pub struct Queue {
     waiting: Vec<Bson>,
 }
 
+impl Queue {
+    /// Whether the queue is worth putting back after a hold of `held_for`: when it
+    /// would pass through all its tickets within a passing window at that pace. The
+    /// deletion also drops the tickets of waiters that died queued, each of which
+    /// costs everyone a lease when it comes up; in a queue that slow, it likely would
+    /// not have come up before the deletion, so the waiters queue again instead.
+    pub fn worth_restoring(&self, held_for: Duration) -> bool {
+        held_for.saturating_mul(self.waiting.len() as u32) < PASSING
+    }
+}
+
 /// A lock document as `find` reads it.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -83,6 +94,8 @@ pub enum Released {
     /// Deleted at the end of its passing window with processes queued, to be put back
     /// with its queue (`restore`) once others have had their chance to insert.
     Passing(Queue),
+    /// Deleted, and being put back with its queue (`Shared::restore_later`).
+    Restoring,
     /// Passed to the first waiter of its queue (`pass_on`).
     HandedOver,
     /// It was no longer ours.
@@ -351,18 +364,23 @@ impl LockStore {
 
     /// Deletes the lock only if we still own it: one round trip.
     pub async fn delete_owned(&self, key: &LockKey, owner: &str) -> Result<Released> {
-        let deleted = self
-            .locks
-            .find_one_and_delete(doc! { ID: key.to_bson(), OWNER: owner })
-            .projection(doc! { CONTENDED: 1 })
-            .await?;
+        let deleted = self.find_and_delete(key, owner).await?;
         Ok(deleted.map_or(Released::NotOurs, |d| Released::from_deleted(&d)))
     }
 
-    /// How long a process that just released a contended lock lets others try first:
-    /// `AFTER_DELETE`, for which queued waiters let processes that cannot queue try,
-    /// and two write round trips more (plus 1 ms, at most 50 ms), enough for the
-    /// queued waiters to insert.
+    /// Deletes our lock, answering what `delete_owned` and `delete_passing` read of it.
+    async fn find_and_delete(&self, key: &LockKey, owner: &str) -> Result<Option<Document>> {
+        Ok(self
+            .locks
+            .find_one_and_delete(doc! { ID: key.to_bson(), OWNER: owner })
+            .projection(doc! { "_id": 1, CONTENDED: 1, QUEUE: 1, SERVED: 1 })
+            .await?)
+    }
+
+    /// How long a process that just released a contended lock lets others try first,
+    /// where they cannot queue (standalone): `AFTER_DELETE`, and two write round trips
+    /// more (plus 1 ms, at most 50 ms), enough for the waiter that marked it to poll
+    /// and insert.
     pub fn yield_window(&self) -> Duration {
         let rtt = Duration::from_micros(self.write_rtt_micros.load(Ordering::Relaxed));
         AFTER_DELETE + (rtt * 2 + Duration::from_millis(1)).min(Duration::from_millis(50))
@@ -454,15 +472,18 @@ impl LockStore {
 //
 // A lock passed on for `PASSING` since it was inserted is deleted at its next release
 // instead, so that processes that cannot queue (the original class, waiters without a
-// change stream) still get their chance to insert (see `acquire.rs`, `AFTER_DELETE`).
+// change stream) still get their chance to insert (`AFTER_DELETE`); then it is put
+// back with its queue (`restore`) if the key is still free.
 
 /// How long a lock may pass from process to process before it is deleted once.
 const PASSING: Duration = Duration::from_secs(1);
 
-/// How long waiters that were queued for a lock let others insert after it was
-/// deleted: the original class polls (every 125 ms by default) and can only win a
-/// key that stays free for a moment. Deletions with waiters queued are rare: once per
-/// `PASSING` of continuous hand-overs, or a release by the original class.
+/// How long a lock deleted with waiters queued stays free before it is put back with
+/// its queue (`restore`), or, after a deletion by the original class, before its
+/// waiters queue again: the original class polls (every 125 ms by default) and can
+/// only win a key that stays free for a moment. Deletions with waiters queued are
+/// rare: once per `PASSING` of continuous hand-overs, or a release by the original
+/// class.
 pub const AFTER_DELETE: Duration = Duration::from_millis(20);
 
 /// How long waiters whose lock was deleted wait for it to come back with its queue
@@ -707,12 +728,7 @@ impl LockStore {
     /// Deletes our lock at the end of its passing window, keeping its queue to put it
     /// back with (`restore`).
     async fn delete_passing(&self, key: &LockKey, owner: &str) -> Result<Released> {
-        let deleted = self
-            .locks
-            .find_one_and_delete(doc! { ID: key.to_bson(), OWNER: owner })
-            .projection(doc! { "_id": 1, QUEUE: 1, SERVED: 1 })
-            .await?;
-        let Some(deleted) = deleted else {
+        let Some(deleted) = self.find_and_delete(key, owner).await? else {
             return Ok(Released::NotOurs);
         };
         let waiting = document::waiting_tickets(&deleted).to_vec();
@@ -839,6 +855,16 @@ mod tests {
         assert_eq!(place_in_queue(&found, "c"), 3);
         assert_eq!(place_in_queue(&found, "z"), 0);
         assert_eq!(place_in_queue(&doc! {}, "a"), 0);
+    }
+
+    #[test]
+    fn a_queue_is_restored_only_if_it_would_pass_within_a_passing_window() {
+        let queue = Queue {
+            doc_id: Bson::Int32(1),
+            waiting: vec!["a".into(), "b".into(), "c".into()],
+        };
+        assert!(queue.worth_restoring(Duration::from_millis(300)));
+        assert!(!queue.worth_restoring(Duration::from_millis(334)));
     }
 
     #[test]

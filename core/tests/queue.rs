@@ -508,7 +508,9 @@ async fn a_lock_deleted_at_the_end_of_its_passing_window_comes_back_with_its_que
     let (held, first_id) = held_past_its_passing_window(&service, &locks).await;
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
-    for name in 1..=3 {
+    // Two, held for less than half the passing window: a queue that passes within
+    // the window (`Queue::worth_restoring`).
+    for name in 1..=2 {
         let other = other_process(&db).await;
         tasks.push(contender(name, other, locks.clone(), order.clone()));
         queued(&locks, "queued", name).await;
@@ -520,7 +522,7 @@ async fn a_lock_deleted_at_the_end_of_its_passing_window_comes_back_with_its_que
     }
     let order = order.lock().await.clone();
     let names: Vec<_> = order.iter().map(|(name, ..)| *name).collect();
-    assert_eq!(names, vec![1, 2, 3], "the queue kept its order");
+    assert_eq!(names, vec![1, 2], "the queue kept its order");
     assert!(order.iter().all(|(_, id, _)| id == &first_id), "{order:?}");
     assert!(
         order.windows(2).all(|w| w[1].2 > w[0].2),
@@ -534,7 +536,7 @@ async fn a_lock_deleted_at_the_end_of_its_passing_window_comes_back_with_its_que
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_waiter_that_gives_up_while_its_lock_is_away_is_not_restored_into_the_queue() {
+async fn a_waiter_that_gives_up_while_its_lock_is_away_leaves_the_restored_queue() {
     let (service, client, db) = service().await;
     let locks = locks(&client, &db);
     let key = LockKey::Str("queued".into());
