@@ -446,11 +446,11 @@ async fn hand_over_locally(hold: Arc<DbHold>, turn: LocalTurn) -> Result<bool> {
 /// next local attempt waits a moment so that the other process's waiter gets it.
 /// A place the release took in the queue is kept for the next local caller.
 fn released(hold: &DbHold, mut turn: LocalTurn, how: Released, place: Option<Place>) -> bool {
-    // After a restore starts, until it surely ended: a caller that queued first would
-    // take the free key ahead of the restored queue.
+    // After a deletion with processes queued, as long as they wait for a restore: a
+    // caller that queued first would take the free key ahead of them.
     let yield_for = match how {
         Released::Contended => Some(hold.shared.store.yield_window()),
-        Released::Restoring => Some(RESTORE_WAIT),
+        Released::Restoring | Released::Requeueing => Some(RESTORE_WAIT),
         _ => None,
     };
     turn.released(yield_for, how == Released::HandedOver);

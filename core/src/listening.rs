@@ -11,7 +11,7 @@
 //! or in its process's hand-over (`rejoin.rs`), reads from that write how many
 //! hand-overs come before its turn, and knows how long one took lately; it can hear
 //! nothing of use before most of them have happened. So its subscription is
-//! deferred: it listens from `places - 1 - √places` hand-overs from now,
+//! deferred: it listens from `places - 1 - √places / 2` hand-overs from now,
 //! and until then, if nobody else in the process listens, the feed asks nothing
 //! (the `- 1`: the hand-over to itself is one of the places, and it must hear that
 //! one). Nothing is lost meanwhile: the events wait in the server's cursor and
@@ -85,11 +85,10 @@ struct Deferred {
     /// When it took its place, and how many hand-overs were to come before its turn.
     placed: Option<(Instant, u32)>,
     /// Whether its wait measures the pace: not once it went another way (`listen_now`),
-    /// as after the deletion of the lock it queued for. Where the lock is not restored
-    /// with its queue, the queue is rebuilt by waiters that heard the deletion at
-    /// different times, and such waits taught a pace too slow: with 32 processes on
-    /// one key, 266-288 hand-overs/s against 294-322 without them (A/B on one fresh
-    /// server).
+    /// as after the deletion of the lock it queued for, restored or not. When the
+    /// queue was rebuilt by waiters that heard the deletion at different times, such
+    /// waits taught a pace too slow: with 32 processes on one key, 266-288
+    /// hand-overs/s against 294-322 without them (A/B on one fresh server).
     learns: bool,
 }
 

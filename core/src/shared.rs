@@ -158,7 +158,7 @@ impl Shared {
 
     /// What a release after a hold of `held_for` did, after starting in the
     /// background the restore of a lock it deleted at the end of its passing window
-    /// (`Released::Passing`, reported as `Restoring`, or as `Contended` where the
+    /// (`Released::Passing`, reported as `Restoring`, or as `Requeueing` where the
     /// queue is not worth it).
     pub fn restore_later(
         self: &Arc<Self>,
@@ -171,7 +171,7 @@ impl Shared {
             return released;
         };
         if !queue.worth_restoring(held_for) {
-            return Released::Contended;
+            return Released::Requeueing;
         }
         let (shared, key, ticket) = (self.clone(), key.clone(), self.ticket());
         self.spawn(async move {

@@ -96,6 +96,9 @@ pub enum Released {
     Passing(Queue),
     /// Deleted, and being put back with its queue (`Shared::restore_later`).
     Restoring,
+    /// Deleted with processes queued, not to be put back (`Queue::worth_restoring`):
+    /// they queue again once they have waited for a restore in vain.
+    Requeueing,
     /// Passed to the first waiter of its queue (`pass_on`).
     HandedOver,
     /// It was no longer ours.

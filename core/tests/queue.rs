@@ -485,6 +485,26 @@ async fn two_processes_taking_turns_always_release_their_own_lock() {
 
 /// Holds `queued` in `service`, with its passing window over: its next release
 /// deletes it, queue or not. Returns the guard and the document's `_id`.
+/// `n` other processes of `db`, each with its change stream open already (it waited
+/// once, for a key `service` held): so that they queue within a few ms, and a hold
+/// they queue behind stays short.
+async fn listening_processes(service: &LockService, db: &str, n: usize) -> Vec<Arc<LockService>> {
+    let warm = LockKey::Str("warm".into());
+    let held = service
+        .acquire(&warm, &options(5_000, 5_000))
+        .await
+        .unwrap();
+    let mut others = Vec::new();
+    for _ in 0..n {
+        let other = other_process(db).await;
+        let waited = other.acquire(&warm, &options(30, 5_000)).await;
+        assert!(matches!(waited, Err(LockError::WaitTimeout)));
+        others.push(other);
+    }
+    assert!(held.release().await.unwrap());
+    others
+}
+
 async fn held_past_its_passing_window(
     service: &LockService,
     locks: &Collection<Document>,
@@ -505,13 +525,13 @@ async fn held_past_its_passing_window(
 async fn a_lock_deleted_at_the_end_of_its_passing_window_comes_back_with_its_queue() {
     let (service, client, db) = service().await;
     let locks = locks(&client, &db);
+    let others = listening_processes(&service, &db, 3).await;
     let (held, first_id) = held_past_its_passing_window(&service, &locks).await;
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
-    // Two, held for less than half the passing window: a queue that passes within
-    // the window (`Queue::worth_restoring`).
-    for name in 1..=2 {
-        let other = other_process(&db).await;
+    // Queued quickly behind a short hold: a queue that passes within the passing
+    // window (`Queue::worth_restoring`).
+    for (name, other) in (1..).zip(others) {
         tasks.push(contender(name, other, locks.clone(), order.clone()));
         queued(&locks, "queued", name).await;
     }
@@ -522,7 +542,7 @@ async fn a_lock_deleted_at_the_end_of_its_passing_window_comes_back_with_its_que
     }
     let order = order.lock().await.clone();
     let names: Vec<_> = order.iter().map(|(name, ..)| *name).collect();
-    assert_eq!(names, vec![1, 2], "the queue kept its order");
+    assert_eq!(names, vec![1, 2, 3], "the queue kept its order");
     assert!(order.iter().all(|(_, id, _)| id == &first_id), "{order:?}");
     assert!(
         order.windows(2).all(|w| w[1].2 > w[0].2),
@@ -540,14 +560,15 @@ async fn a_waiter_that_gives_up_while_its_lock_is_away_leaves_the_restored_queue
     let (service, client, db) = service().await;
     let locks = locks(&client, &db);
     let key = LockKey::Str("queued".into());
-    let (held, _) = held_past_its_passing_window(&service, &locks).await;
-    let next = other_process(&db).await;
+    let mut others = listening_processes(&service, &db, 2).await;
+    let (held, first_id) = held_past_its_passing_window(&service, &locks).await;
+    let next = others.remove(0);
     let waiting = tokio::spawn({
         let key = key.clone();
         async move { next.acquire(&key, &options(5_000, 5_000)).await }
     });
     queued(&locks, "queued", 1).await;
-    let leaver = other_process(&db).await;
+    let leaver = others.remove(0);
     let leaving = options(5_000, 5_000);
     let cancel = leaving.cancel.clone();
     let left = tokio::spawn(async move { leaver.acquire(&key, &leaving).await });
@@ -557,6 +578,12 @@ async fn a_waiter_that_gives_up_while_its_lock_is_away_leaves_the_restored_queue
     cancel.cancel();
     assert!(matches!(left.await.unwrap(), Err(LockError::Aborted)));
     let next = waiting.await.unwrap().unwrap();
+    let restored = locks
+        .find_one(doc! { "id": "queued" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(restored.get("_id"), Some(&first_id), "restored");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(next.release().await.unwrap());
     // Nobody waits any more: the lock is deleted, not handed to the leaver's ticket.
