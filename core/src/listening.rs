@@ -37,8 +37,9 @@ use tokio::time::Instant;
 /// by about `√n` of one; they vary less since a deletion no longer reshuffles the
 /// queue (`store.rs`, `restore`). Measured with 32 processes on one key, 8 s runs, a
 /// fresh server per round: 0.5 gave 327-376 hand-overs/s against 298-346 for 1.0,
-/// ahead in each of nine rounds over three sittings, with a third fewer listening
-/// streams' wake-ups (1.66-1.96 against 1.86-2.23 ms of server CPU per hand-over);
+/// ahead in each of nine rounds over three sittings: a waiter 31 places back listens
+/// for its last 3.8 places instead of 6.6, and the server's CPU per hand-over was
+/// 1.57-1.96 against 1.81-2.34 ms;
 /// 16 processes 412-417 against 378-392; 4 processes the same. Before the restore,
 /// 1.0 gave 316-320 against 294-305 for 1.5, and in another sitting 0.5 gave 232-256
 /// (turns heard late) and 2.0 249-256, against 292-313 for 1.5.
