@@ -214,6 +214,15 @@ pub fn waiting_tickets(found: &Document) -> &[Bson] {
     queue.get(served..).unwrap_or_default()
 }
 
+/// How many hand-overs come before the turn of `owner` in the queue of `found`: its
+/// ticket's place among the waiting ones, counted from 1; 0 (listen at once) if it
+/// does not wait there.
+pub fn place_in_queue(found: &Document, owner: &str) -> u32 {
+    let waiting = waiting_tickets(found);
+    let at = waiting.iter().position(|t| t.as_str() == Some(owner));
+    at.map_or(0, |i| i + 1) as u32
+}
+
 fn queue() -> Document {
     doc! { "$ifNull": [format!("${QUEUE}"), []] }
 }
@@ -246,6 +255,24 @@ fn now_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_place_in_the_queue_counts_the_hand_overs_up_to_the_owners_turn() {
+        let found = doc! { QUEUE: ["a", "b", "c"] };
+        assert_eq!(place_in_queue(&found, "a"), 1);
+        assert_eq!(place_in_queue(&found, "c"), 3);
+        assert_eq!(place_in_queue(&found, "z"), 0);
+        assert_eq!(place_in_queue(&doc! {}, "a"), 0);
+    }
+
+    #[test]
+    fn served_tickets_are_no_places() {
+        let found = doc! { QUEUE: ["a", "b", "c"], SERVED: 2 };
+        assert_eq!(place_in_queue(&found, "a"), 0);
+        assert_eq!(place_in_queue(&found, "c"), 1);
+        let found = doc! { QUEUE: ["a", "b", "c"], SERVED: 1_i64 };
+        assert_eq!(place_in_queue(&found, "b"), 1);
+    }
 
     #[test]
     fn meta_timestamp_carries_the_millisecond_count() {

@@ -19,7 +19,7 @@ use mongodb::change_stream::event::{ChangeStreamEvent, OperationType};
 use mongodb::error::ErrorKind;
 use mongodb::Collection;
 
-use crate::document::{waiting_tickets, LEASE_EXPIRES_AT, OWNER, SERVED};
+use crate::document::{place_in_queue, LEASE_EXPIRES_AT, OWNER, SERVED};
 use crate::listening::{Ask, Deferral, Listening};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -42,10 +42,10 @@ enum Change {
     Deleted(Bson),
     HandedOver(HandOver),
     /// Put back with its queue after a deletion (`store.rs`, `restore`): handed over,
-    /// with the tickets still `waiting` after it.
+    /// with the other tickets queued in `lock`, the restored document.
     Restored {
         handed: HandOver,
-        waiting: Vec<String>,
+        lock: Document,
     },
 }
 
@@ -199,8 +199,8 @@ impl Subscription {
         let back = async {
             loop {
                 match self.released.recv().await {
-                    Ok(Change::Restored { handed, waiting }) if &handed.doc_id == doc_id => {
-                        return restored_for(owner, handed, &waiting);
+                    Ok(Change::Restored { handed, lock }) if &handed.doc_id == doc_id => {
+                        return restored_for(owner, handed, &lock);
                     }
                     Ok(_) => continue,
                     Err(_) => return Restored::Unseen,
@@ -213,16 +213,16 @@ impl Subscription {
     }
 }
 
-fn restored_for(owner: &str, handed: HandOver, waiting: &[String]) -> Restored {
+fn restored_for(owner: &str, handed: HandOver, lock: &Document) -> Restored {
     if handed.owner == owner {
         return Restored::ToUs(handed);
     }
-    match waiting.iter().position(|t| t == owner) {
-        Some(at) => Restored::Behind {
-            places: at as u32 + 1,
+    match place_in_queue(lock, owner) {
+        0 => Restored::Without,
+        places => Restored::Behind {
+            places,
             lease_expires_at: handed.lease_expires_at,
         },
-        None => Restored::Without,
     }
 }
 
@@ -470,14 +470,13 @@ fn change(event: ChangeStreamEvent<Document>) -> Option<Change> {
         lease_expires_at: fields.get_datetime(LEASE_EXPIRES_AT).ok().copied(),
         fencing_token: ((time.time as u64) << 32) | time.increment as u64,
     };
-    if event.operation_type != OperationType::Insert {
-        return Some(Change::HandedOver(handed));
-    }
-    let waiting = waiting_tickets(&fields).iter();
-    let waiting = waiting
-        .filter_map(|t| t.as_str().map(str::to_owned))
-        .collect();
-    Some(Change::Restored { handed, waiting })
+    Some(match event.operation_type {
+        OperationType::Insert => Change::Restored {
+            handed,
+            lock: fields,
+        },
+        _ => Change::HandedOver(handed),
+    })
 }
 
 #[cfg(test)]
@@ -549,7 +548,7 @@ mod tests {
             "fullDocument": lock,
         })
         .unwrap();
-        let Some(Change::Restored { handed, waiting }) = change(event) else {
+        let Some(Change::Restored { handed, lock }) = change(event) else {
             panic!("not a restore");
         };
         assert_eq!(
@@ -557,7 +556,7 @@ mod tests {
             ("a", Some(expiry))
         );
         assert_eq!(handed.fencing_token, (7 << 32) | 3);
-        let restored = |owner| restored_for(owner, handed.clone(), &waiting);
+        let restored = |owner| restored_for(owner, handed.clone(), &lock);
         assert!(matches!(restored("a"), Restored::ToUs(_)));
         assert!(matches!(restored("c"), Restored::Behind { places: 2, .. }));
         assert!(matches!(restored("z"), Restored::Without));

@@ -565,7 +565,7 @@ impl LockStore {
         };
         if found.get_str(OWNER).ok() != Some(owner) {
             let blocker = Blocker::from(&found);
-            let places = place_in_queue(&found, owner);
+            let places = document::place_in_queue(&found, owner);
             return Ok(Some(Queued::Behind { blocker, places }));
         }
         let Some(token) = self.fencing_token(key, owner, &session).await? else {
@@ -651,7 +651,7 @@ impl LockStore {
             Some(d) => match passed_on(&d, owner) {
                 PassedOn::HandedOver => Rejoined::Behind {
                     blocker: Blocker::from(&d),
-                    places: place_in_queue(&d, next_owner),
+                    places: document::place_in_queue(&d, next_owner),
                 },
                 passed => Rejoined::Not(passed),
             },
@@ -803,15 +803,6 @@ fn ends(latest: i64, lease: Duration) -> DateTime {
     DateTime::from_millis(latest + lease.as_millis() as i64)
 }
 
-/// How many hand-overs come before the turn of `owner` in the queue of `found`: its
-/// ticket's place among the waiting ones, counted from 1; 0 (listen at once) if it
-/// does not wait there.
-fn place_in_queue(found: &Document, owner: &str) -> u32 {
-    let waiting = document::waiting_tickets(found);
-    let at = waiting.iter().position(|t| t.as_str() == Some(owner));
-    at.map_or(0, |i| i + 1) as u32
-}
-
 /// The fields `passed_on` and `place_in_queue` read.
 fn passed_on_fields() -> Document {
     doc! { OWNER: 1, QUEUE: 1, SERVED: 1, CONTENDED: 1 }
@@ -852,15 +843,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_place_in_the_queue_counts_the_hand_overs_up_to_the_owners_turn() {
-        let found = doc! { QUEUE: ["a", "b", "c"] };
-        assert_eq!(place_in_queue(&found, "a"), 1);
-        assert_eq!(place_in_queue(&found, "c"), 3);
-        assert_eq!(place_in_queue(&found, "z"), 0);
-        assert_eq!(place_in_queue(&doc! {}, "a"), 0);
-    }
-
-    #[test]
     fn a_queue_is_restored_only_if_it_would_pass_within_a_passing_window() {
         let queue = Queue {
             doc_id: Bson::Int32(1),
@@ -868,14 +850,5 @@ mod tests {
         };
         assert!(queue.worth_restoring(Duration::from_millis(300)));
         assert!(!queue.worth_restoring(Duration::from_millis(334)));
-    }
-
-    #[test]
-    fn served_tickets_are_no_places() {
-        let found = doc! { QUEUE: ["a", "b", "c"], SERVED: 2 };
-        assert_eq!(place_in_queue(&found, "a"), 0);
-        assert_eq!(place_in_queue(&found, "c"), 1);
-        let found = doc! { QUEUE: ["a", "b", "c"], SERVED: 1_i64 };
-        assert_eq!(place_in_queue(&found, "b"), 1);
     }
 }
