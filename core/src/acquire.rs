@@ -340,7 +340,7 @@ impl Wait<'_> {
             return Ok(false);
         }
         if subscription.is_none() {
-            *subscription = self.shared.feed.subscribe_deferred_if_live(owner);
+            *subscription = self.shared.feed.subscribe_deferred_if_live(owner, self.key);
         }
         Ok(subscription.as_ref().is_some_and(|s| s.live))
     }

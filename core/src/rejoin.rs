@@ -53,7 +53,7 @@ pub(crate) async fn pass_on(
 ) -> Result<(PassedOn, Option<Place>)> {
     let store = &shared.store;
     let next = shared.feed.new_owner();
-    let Some(releases) = shared.feed.subscribe_deferred_if_live(&next) else {
+    let Some(releases) = shared.feed.subscribe_deferred_if_live(&next, key) else {
         return Ok((store.pass_on(key, owner, lease).await?, None));
     };
     let ticket = shared.ticket();

@@ -20,6 +20,7 @@ use mongodb::error::ErrorKind;
 use mongodb::Collection;
 
 use crate::document::{place_in_queue, LEASE_EXPIRES_AT, OWNER, SERVED};
+use crate::key::LockKey;
 use crate::listening::{Ask, Deferral, Listening};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -267,15 +268,15 @@ impl ReleaseFeed {
         format!("{}{n:x}", self.inner.owner_prefix)
     }
 
-    /// Subscribes to the turn of `owner` if the stream is live now, without waiting;
-    /// deferred, listening only once placed (`Subscription::place`). Under the lock
-    /// `stop_if_unused` decides under, so the stream cannot stop unheard.
-    pub fn subscribe_deferred_if_live(&self, owner: &str) -> Option<Subscription> {
+    /// Subscribes to the turn of `owner` on `key` if the stream is live now, without
+    /// waiting; deferred, listening only once placed (`Subscription::place`). Under the
+    /// lock `stop_if_unused` decides under, so the stream cannot stop unheard.
+    pub fn subscribe_deferred_if_live(&self, owner: &str, key: &LockKey) -> Option<Subscription> {
         let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
         if *running != Running::Yes || !self.is_live() {
             return None;
         }
-        let deferral = self.inner.listening.defer(owner);
+        let deferral = self.inner.listening.defer(owner, key.identity().into());
         let released = self.inner.released.subscribe();
         deferral.subscribed();
         drop(running);
@@ -582,7 +583,8 @@ mod tests {
         *feed.inner.running.lock().unwrap() = Running::Yes;
         feed.inner.state.send_replace(FeedState::Live);
         let owner = feed.new_owner();
-        let first = feed.subscribe_deferred_if_live(&owner).expect("live");
+        let key = LockKey::Str("k".into());
+        let first = feed.subscribe_deferred_if_live(&owner, &key).expect("live");
         let second = first.again();
         let subscribers = feed.inner.released.receiver_count();
         assert_eq!(subscribers, 2);
