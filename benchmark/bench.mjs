@@ -61,11 +61,14 @@ async function withLock (impl, fn) {
   }
 }
 
-/** Runs `processes` contender processes on one key, started together. */
-async function contend (impl, processes, callers, seconds, pause = 0) {
+/**
+ * Runs `processes` contender processes on one key, started together; with `slowHold`,
+ * each also loops on a second key held that long, whose figures come as `slow_`.
+ */
+async function contend (impl, processes, callers, seconds, pause = 0, slowHold = 0) {
   const databaseName = `bench_${impl}_procs_${Date.now()}`
   const children = Array.from({ length: processes }, () => spawn(process.execPath,
-    [path.join(here, 'contender.mjs'), impl, databaseName, String(callers), String(pause)], { stdio: ['pipe', 'pipe', 'inherit'] }))
+    [path.join(here, 'contender.mjs'), impl, databaseName, String(callers), String(pause), String(slowHold)], { stdio: ['pipe', 'pipe', 'inherit'] }))
   const lines = children.map((child) => readline.createInterface({ input: child.stdout })[Symbol.asyncIterator]())
   await Promise.all(lines.map((it) => it.next()))
   // Once all are connected, each gets the same counted period as its start signal.
@@ -75,9 +78,10 @@ async function contend (impl, processes, callers, seconds, pause = 0) {
   const client = new MongoClient(url)
   await client.db(databaseName).dropDatabase()
   await client.close()
-  const turns = reports.flatMap((r) => r.turns)
-  const total = turns.reduce((a, b) => a + b, 0)
-  return { handovers_per_s: total / seconds, p99_wait_ms: percentile(reports.flatMap((r) => r.waits), 99), fewest_turns: Math.min(...turns), mean_turns: total / turns.length }
+  const fast = handovers({ turns: reports.flatMap((r) => r.turns), waits: reports.flatMap((r) => r.waits) }, seconds)
+  if (!slowHold) return fast
+  const slow = handovers({ turns: reports.flatMap((r) => r.slow.turns), waits: reports.flatMap((r) => r.slow.waits) }, seconds)
+  return { ...fast, slow_handovers_per_s: slow.handovers_per_s, slow_p99_wait_ms: slow.p99_wait_ms }
 }
 
 /** Hand-overs/s and waits of `turns`/`waits` over `seconds`. */
@@ -137,6 +141,12 @@ const workloads = {
     return contend(impl, 4, 1, 4)
   },
   scaling,
+  // Each of 8 processes loops on a 1 ms key and, with one more caller, on a 40 ms
+  // key: the waits of the slow key must not slow the fast one (compare `scaling`'s 8
+  // processes, which have the fast key alone).
+  async twoKeys (impl) {
+    return contend(impl, 8, 1, 8, 0, 40)
+  },
   // Workers that do something else between two holds: a process that comes back after
   // its hand-over's place was given up queues with a write of its own.
   async pausing32 (impl) {

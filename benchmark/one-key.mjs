@@ -1,10 +1,11 @@
 // The contended workload's callers, shared by the one-process and the many-process
-// runs: `callers` callers loop on one key with a 1 ms critical section until
-// `until`, each pausing `pause` ms between the end of one call and the next.
-// Only calls asked from `from` on are counted: before that is the warm-up.
+// runs: `callers` callers loop on one key (`key`) with a critical section of `hold`
+// ms (1 unless told) until `until`, each pausing `pause` ms between the end of one
+// call and the next. Only calls asked from `from` on are counted: before that is the
+// warm-up.
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
-export async function contendOnOneKey (lock, callers, { from, until }, pause = 0) {
+export async function contendOnOneKey (lock, callers, { from, until }, pause = 0, { key = 'hot', hold = 1 } = {}) {
   const turns = new Array(callers).fill(0)
   const waits = []
   await Promise.all(turns.map(async (_, caller) => {
@@ -12,12 +13,12 @@ export async function contendOnOneKey (lock, callers, { from, until }, pause = 0
       const asked = Date.now()
       const counted = asked >= from
       try {
-        await lock.doWhileLocked(['hot'], async () => {
+        await lock.doWhileLocked([key], async () => {
           if (counted) {
             waits.push(Date.now() - asked)
             turns[caller]++
           }
-          await sleep(1)
+          await sleep(hold)
         }, { waitTimeout: 10_000 })
       } catch {
         if (counted) waits.push(Date.now() - asked)
