@@ -59,12 +59,12 @@ const MAX_DEFERRAL: Duration = Duration::from_millis(250);
 const FASTER_WEIGHT: f64 = 0.5;
 const SLOWER_WEIGHT: f64 = 0.1;
 /// What part of its measure the first wait on a key counts: it ran with no waiter of
-/// the process on that key deferred, as every waiter of a queue that just formed listens, when
-/// hand-overs are slowest. Learnt whole, it made the waits after it defer too long,
-/// and their late hearings kept the queue at the slow pace they expected (32
-/// processes on one key, 4 s runs: 158-227 hand-overs/s learnt whole, 291-307 at
-/// half; A/B, a fresh server per round, four rounds). Too fast a pace only makes
-/// waiters listen early, and the slower waits raise it again.
+/// the process on that key deferred, as every waiter of a queue that just formed
+/// listens, when hand-overs are slowest. Learnt whole, it made the waits after it
+/// defer too long, and their late hearings kept the queue at the slow pace they
+/// expected (32 processes on one key, 4 s runs: 158-227 hand-overs/s learnt whole,
+/// 291-307 at half; A/B, a fresh server per round, four rounds). Too fast a pace only
+/// makes waiters listen early, and the slower waits raise it again.
 const FIRST_WAIT_PART: f64 = 0.5;
 
 #[derive(Default)]
