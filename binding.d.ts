@@ -199,7 +199,8 @@ export declare class ResourceLock {
    * `client`: a `MongoClient` of the `mongodb` package (driver 5, 6 or 7), whose
    * settings the addon's own connection copies; or `url`, a connection string.
    * The database is `DSQ_MONGODB_RESOURCE_CLIENT_DB_NAME`, else `databaseName`,
-   * else the client's default database, else `test`.
+   * else the client's default database, else `test`; an empty name counts as none,
+   * as the Node driver's `client.db('')`, which the original calls, takes it.
    */
   constructor(options: ResourceLockOptions)
   /**

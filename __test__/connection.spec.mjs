@@ -4,7 +4,8 @@ import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import test from 'ava'
-import { ResourceLock, freshDatabase, url } from './helpers.mjs'
+import { MongoClient, MongoParseError } from 'mongodb'
+import { ResourceLock, freshDatabase, url, withDatabase } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const drivers = [
@@ -114,14 +115,30 @@ test('a password never appears in an error message (server selection)', async (t
   t.false(error.message.includes(encoded), error.message)
 })
 
-test('a password that the driver quotes in its error message is redacted', async (t) => {
+test('a malformed url throws a MongoParseError when the instance is made, as new MongoClient(url) does', (t) => {
+  for (const bad of ['not a url', '', 'mongodb://127.0.0.1/?tls=maybe']) {
+    t.throws(() => new MongoClient(bad), { name: 'MongoParseError' }, bad)
+    const error = t.throws(() => new ResourceLock({ url: bad }), { instanceOf: MongoParseError }, bad)
+    t.is(error.name, 'MongoParseError')
+    t.truthy(error.message)
+  }
+  t.throws(() => new ResourceLock({ url: 'mongodb://127.0.0.1:99999/' }), { name: 'MongoParseError', message: /port/ })
+})
+
+test('a password that the driver quotes in its error message is redacted', (t) => {
   // A stray `?` in the password ends the host list early: the driver's message quotes
   // `someone:hunter22` as a server address it cannot parse.
-  const lock = new ResourceLock({ url: 'mongodb://someone:hunter22?tail@127.0.0.1:1/' })
-  t.teardown(() => lock.close())
-  const error = await t.throwsAsync(lock.lock(['x']))
+  const error = t.throws(() => new ResourceLock({ url: 'mongodb://someone:hunter22?tail@127.0.0.1:1/' }), { name: 'MongoParseError' })
   t.regex(error.message, /invalid server address/)
   t.false(error.message.includes('hunter22'), error.message)
+})
+
+test('an empty databaseName counts as none, as the original\'s client.db(\'\') takes it', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const lock = new ResourceLock({ url: withDatabase(url, name), databaseName: '' })
+  t.teardown(() => lock.close())
+  await lock.lock(['empty-name'])
+  t.is(await db.collection('_locks').countDocuments({ id: 'empty-name' }), 1)
 })
 
 test('lock writes use the writeConcern option', async (t) => {

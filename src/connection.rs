@@ -289,7 +289,7 @@ fn watch_refusals(refused: Arc<watch::Sender<Option<DriverError>>>) -> EventHand
 /// What of a connection string must never appear in an error: the password as the
 /// driver decodes it, as written, and, for a string the driver cannot parse, its pieces
 /// between URL delimiters (a driver error may quote the part before a stray `?` or `/`).
-fn url_secrets(url: &str) -> Vec<String> {
+pub(crate) fn url_secrets(url: &str) -> Vec<String> {
     let mut secrets = Vec::new();
     if let Some(password) = ConnectionString::parse(url)
         .ok()

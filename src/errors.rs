@@ -151,6 +151,9 @@ fn driver_error<'env>(
         ErrorKind::Io(io) => ("MongoNetworkError", io.to_string()),
         ErrorKind::ConnectionPoolCleared { message, .. } => ("MongoNetworkError", message.clone()),
         ErrorKind::Authentication { message, .. } => ("MongoAuthenticationError", message.clone()),
+        // What the Rust driver refuses as an invalid argument here is a connection string
+        // or a client setting, which the Node driver refuses with a `MongoParseError`.
+        ErrorKind::InvalidArgument { message, .. } => ("MongoParseError", message.clone()),
         other => ("MongoError", other.to_string()),
     };
     let message = redact(&message, secrets);

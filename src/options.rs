@@ -98,7 +98,7 @@ pub fn lock_lease(value: Option<Unknown<'_>>) -> Result<Option<Duration>, LockEr
     lease(options.as_ref())
 }
 
-/// `options.lease`, if given: a finite number of milliseconds greater than 0.
+/// `options.lease`, if given: a number of milliseconds greater than 0, at most `LONGEST`.
 fn lease(o: Option<&Object<'_>>) -> Result<Option<Duration>, LockError> {
     match field(o, "lease")? {
         None => Ok(None),
@@ -106,8 +106,8 @@ fn lease(o: Option<&Object<'_>>) -> Result<Option<Duration>, LockError> {
     }
 }
 
-/// A lease given as a number of milliseconds: finite and greater than 0; `name` is
-/// what the error calls it.
+/// A lease given as a number of milliseconds: greater than 0 and at most `LONGEST`;
+/// `name` is what the error calls it.
 pub fn lease_millis(value: Unknown<'_>, name: &str) -> Result<Duration, LockError> {
     if value.get_type().ok() != Some(ValueType::Number) {
         return Err(LockError::type_error(format!(
@@ -119,7 +119,7 @@ pub fn lease_millis(value: Unknown<'_>, name: &str) -> Result<Duration, LockErro
         .map_err(|_| LockError::type_error(format!("{name} must be a number")))?;
     if !(ms.is_finite() && ms > 0.0 && ms <= LONGEST) {
         return Err(LockError::range_error(format!(
-            "{name} must be a finite number of milliseconds greater than 0, got {}",
+            "{name} must be a number of milliseconds greater than 0 and at most {LONGEST}, got {}",
             lock_core::js_number_to_string(ms)
         )));
     }
@@ -206,7 +206,8 @@ pub fn pool_size(options: Option<&Object<'_>>) -> Result<Option<u32>, LockError>
         .map_err(|_| LockError::type_error("options.maxPoolSize must be a number"))?;
     if !(size.fract() == 0.0 && (1.0..=u32::MAX as f64).contains(&size)) {
         return Err(LockError::range_error(format!(
-            "options.maxPoolSize must be a whole number of connections >= 1, got {}",
+            "options.maxPoolSize must be a whole number of connections from 1 to {}, got {}",
+            u32::MAX,
             lock_core::js_number_to_string(size)
         )));
     }

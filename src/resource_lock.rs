@@ -29,21 +29,24 @@ impl ResourceLock {
     /// `client`: a `MongoClient` of the `mongodb` package (driver 5, 6 or 7), whose
     /// settings the addon's own connection copies; or `url`, a connection string.
     /// The database is `DSQ_MONGODB_RESOURCE_CLIENT_DB_NAME`, else `databaseName`,
-    /// else the client's default database, else `test`.
+    /// else the client's default database, else `test`; an empty name counts as none,
+    /// as the Node driver's `client.db('')`, which the original calls, takes it.
     #[napi(constructor, ts_args_type = "options: ResourceLockOptions")]
     pub fn new(env: Env, options: Option<Unknown<'_>>) -> napi::Result<Self> {
-        let built = Self::build(&env, options).map_err(|e| errors::to_napi(&env, e, &[]))?;
+        let built = Self::build(&env, options)
+            .map_err(|refusal| errors::to_napi(&env, refusal.error, &refusal.secrets))?;
         built.connection.close_when_env_ends(&env)?;
         Ok(built)
     }
 
-    fn build(env: &Env, options: Option<Unknown<'_>>) -> Result<Self, LockError> {
+    fn build(env: &Env, options: Option<Unknown<'_>>) -> Result<Self, Refusal> {
         if options
             .is_none_or(|o| matches!(o.get_type(), Ok(ValueType::Undefined) | Ok(ValueType::Null)))
         {
             return Err(LockError::type_error(
                 "Configuration Error. `client` needs to be set: pass options with a MongoClient as `client` or a connection string as `url`",
-            ));
+            )
+            .into());
         }
         let o = options::options_object(options, "options")?;
         let o = o.as_ref();
@@ -51,13 +54,13 @@ impl ResourceLock {
         let database = std::env::var("DSQ_MONGODB_RESOURCE_CLIENT_DB_NAME")
             .ok()
             .filter(|name| !name.is_empty())
-            .or(options::string(o, "databaseName")?);
+            .or(options::string(o, "databaseName")?.filter(|name| !name.is_empty()));
         let connect_timeout = options::millis(o, "connectTimeout", 10_000.0, false)?;
         let write_concern = options::write_concern(o)?;
         let (source, node_client) = match options::field(o, "client")? {
             Some(client) if client.get_type().ok() != Some(ValueType::Null) => {
                 if client.get_type().ok() != Some(ValueType::Object) {
-                    return Err(LockError::type_error("options.client must be a MongoClient of the mongodb package"));
+                    return Err(LockError::type_error("options.client must be a MongoClient of the mongodb package").into());
                 }
                 let client = unsafe { client.cast::<napi::bindgen_prelude::Object>() }
                     .map_err(|_| LockError::type_error("options.client must be a MongoClient"))?;
@@ -68,11 +71,12 @@ impl ResourceLock {
                 (Source::NodeClient(Box::new(settings)), Some(close))
             }
             _ => match url {
-                Some(url) => (Source::Url(url), None),
+                Some(url) => (url_source(url)?, None),
                 None => {
                     return Err(LockError::type_error(
                         "Configuration Error. `client` needs to be set: pass a MongoClient as `client` or a connection string as `url`",
-                    ))
+                    )
+                    .into())
                 }
             },
         };
@@ -105,6 +109,34 @@ impl ResourceLock {
         C: FnOnce(&'env Env, T) -> napi::Result<V> + 'static,
     {
         promise::settle(env, &self.connection, work, convert, |_| {})
+    }
+}
+
+/// Why the constructor throws, with what its message must not show.
+struct Refusal {
+    error: LockError,
+    secrets: Vec<String>,
+}
+
+impl From<LockError> for Refusal {
+    fn from(error: LockError) -> Self {
+        Refusal {
+            error,
+            secrets: Vec::new(),
+        }
+    }
+}
+
+/// A connection string parsed now, as `new MongoClient(url)` parses it, so that a
+/// malformed one throws here and not at every call. The driver's message may quote a
+/// part of the string, the password among it.
+fn url_source(url: String) -> Result<Source, Refusal> {
+    match mongodb::options::ConnectionString::parse(&url) {
+        Ok(_) => Ok(Source::Url(url)),
+        Err(e) => Err(Refusal {
+            error: e.into(),
+            secrets: crate::connection::url_secrets(&url),
+        }),
     }
 }
 

@@ -107,6 +107,10 @@ pub fn js_number_to_string(n: f64) -> String {
     if n == 0.0 {
         return "0".into();
     }
+    if !n.is_finite() {
+        let name = if n.is_nan() { "NaN" } else { "Infinity" };
+        return format!("{}{name}", if n < 0.0 { "-" } else { "" });
+    }
     let abs = n.abs();
     if (1e-6..1e21).contains(&abs) {
         // Rust's `Display` for f64 prints the shortest round-trip digits in plain notation.
@@ -213,5 +217,8 @@ mod tests {
         assert_eq!(js_number_to_string(1.5e-7), "1.5e-7");
         assert_eq!(js_number_to_string(0.000001), "0.000001");
         assert_eq!(js_number_to_string(-42.25), "-42.25");
+        assert_eq!(js_number_to_string(f64::INFINITY), "Infinity");
+        assert_eq!(js_number_to_string(f64::NEG_INFINITY), "-Infinity");
+        assert_eq!(js_number_to_string(f64::NAN), "NaN");
     }
 }
