@@ -108,6 +108,18 @@ test('an unreachable server reads as the Node driver says it, without the topolo
   t.notRegex(error.message, /Topology|Kind:/)
 })
 
+test('against an unreachable server the first lock() fails within one server selection timeout, not two', async (t) => {
+  // The constructor starts creating the indexes; before, a lock() that waited for that
+  // attempt then made its own and failed after twice the timeout.
+  const lock = new ResourceLock({ url: 'mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=2000', databaseName: 'nowhere' })
+  t.teardown(() => lock.close())
+  const started = Date.now()
+  const error = await t.throwsAsync(lock.lock(['x']))
+  const took = Date.now() - started
+  t.is(error.name, 'MongoServerSelectionError')
+  t.true(took < 3_500, `${took} ms`)
+})
+
 test('a connection that breaks under a write rejects with the application\'s MongoNetworkError and its labels', async (t) => {
   const { proxy, lock } = await lockBehindProxy(t, '&serverSelectionTimeoutMS=500')
   await lock.doWhileLocked(['warm-up'], () => {})

@@ -100,6 +100,22 @@ test('a manual lock with a lease expires and is taken over; one without never is
   await t.throwsAsync(lock.doWhileLocked(['forever'], () => {}, { waitTimeout: 400 }), { message: 'Unable to establish lock.' })
 })
 
+test('lock() takes over a lock whose lease has passed, as tryAcquire does; a live one is still a duplicate key', async (t) => {
+  const { name, db } = await freshDatabase(t)
+  const first = addonLock(t, name)
+  const second = addonLock(t, name)
+  await first.lock(['leased'], { lease: 300 })
+  await t.throwsAsync(second.lock(['leased']), { code: 11000 })
+  await sleep(600)
+  t.is(await second.lock(['leased']), 'leased')
+  const taken = await db.collection('_locks').findOne({ id: 'leased' })
+  t.is(taken.lease_expires_at, undefined, 'taken without a lease, it never expires')
+  await t.throwsAsync(first.lock(['leased'], { lease: 300 }), { code: 11000 })
+  await t.throwsAsync(first.unlock(['leased']), { message: 'Was not able to delete leased.' })
+  await second.unlock(['leased'])
+  t.is(await db.collection('_locks').countDocuments({ id: 'leased' }), 0)
+})
+
 test('a holder killed with SIGKILL frees the key within lease + one retry interval', async (t) => {
   const { name } = await freshDatabase(t)
   const lease = 1_000

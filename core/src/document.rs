@@ -172,13 +172,18 @@ pub fn hand_over(lease_expires_at: DateTime, now: DateTime, rejoin: Option<&str>
 }
 
 /// The update of a lock taken over by `owner`: its queue ticket goes, and so do the
-/// marks, which were meant for the previous holder's process.
+/// marks, which were meant for the previous holder's process. Without a lease
+/// (`lock()` without one) the passed lease goes too: such a lock never expires.
 pub fn take_over(owner: &str, lease_expires_at: Option<DateTime>) -> Vec<Document> {
-    vec![
+    let mut update = vec![
         doc! { "$set": new_owner(owner, lease_expires_at) },
         doc! { "$set": leave_queue(owner) },
         doc! { "$unset": CONTENDED },
-    ]
+    ];
+    if lease_expires_at.is_none() {
+        update.push(doc! { "$unset": [LEASE_EXPIRES_AT, PASSES_UNTIL] });
+    }
+    update
 }
 
 /// The update that confirms a lock handed to `owner` with a new lease.

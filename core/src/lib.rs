@@ -75,13 +75,20 @@ impl LockService {
         self.shared.store.ensure_indexes().await
     }
 
-    /// One attempt to lock `key`, as the original `lock()`: `DuplicateKey` when held.
-    /// Without `lease` the lock never expires.
+    /// One attempt to lock `key`, as the original `lock()`: `DuplicateKey` when held,
+    /// unless by a lock whose lease has surely passed, which is taken over (as
+    /// `tryAcquire` does). Without `lease` the lock never expires.
     pub async fn lock(&self, key: &LockKey, lease: Option<Duration>) -> Result<u64> {
         self.shared.open()?;
+        // Failing here sent no insert: nothing to clean up after.
+        self.shared.store.ensure_indexes().await?;
         let owner = uuid::Uuid::new_v4().simple().to_string();
         let held = match self.shared.store.insert(key, &owner, lease).await {
             Ok(held) => held,
+            Err(held_by_other @ LockError::DuplicateKey { .. }) => {
+                let taken = self.take_over_passed(key, &owner, lease).await?;
+                taken.ok_or(held_by_other)?
+            }
             Err(e @ LockError::Mongo(_)) => {
                 // The insert may have been applied with its reply lost, or may still
                 // reach the server: without a lease its lock would never go away.
@@ -94,6 +101,21 @@ impl LockService {
         };
         self.locked().insert(key.identity(), owner);
         Ok(held.fencing_token)
+    }
+
+    /// The lock in the way, taken over for `owner` if its lease has surely passed. A
+    /// failed write is cleaned up by `take_over`.
+    async fn take_over_passed(
+        &self,
+        key: &LockKey,
+        owner: &str,
+        lease: Option<Duration>,
+    ) -> Result<Option<store::Held>> {
+        let store = &self.shared.store;
+        let Some(blocker) = store.blocker(key).await? else {
+            return Ok(None);
+        };
+        store.take_over(key, &blocker, owner, lease).await
     }
 
     /// Deletes the lock of `key`, as the original `unlock()`. A lock this service took

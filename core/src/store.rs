@@ -122,6 +122,8 @@ pub struct LockStore {
     locks: Collection<Document>,
     fences: Collection<Document>,
     indexes: OnceCell<()>,
+    /// The last failure to create the indexes, and when it came.
+    index_failure: std::sync::Mutex<Option<(Instant, LockError)>>,
     clock: Arc<ServerClock>,
 }
 
@@ -150,6 +152,7 @@ impl LockStore {
             locks,
             fences,
             indexes: OnceCell::new(),
+            index_failure: std::sync::Mutex::default(),
             clock: Arc::default(),
         }
     }
@@ -160,26 +163,47 @@ impl LockStore {
 
     /// Creates `id_1` (unique) and `locked_at_1` (TTL 1 s) once, before any lock is
     /// written: the original started this without waiting, so its first locks could
-    /// be taken twice. A failure is returned and retried by the next call.
+    /// be taken twice. A failure is returned and retried by the next call; a caller
+    /// that waited while another attempt failed gets that failure rather than trying
+    /// again, as against a server out of reach a first `lock()` would otherwise wait
+    /// for the constructor's attempt to time out and then for its own (twice the
+    /// driver's `serverSelectionTimeoutMS`).
     pub async fn ensure_indexes(&self) -> Result<()> {
-        self.indexes
-            .get_or_try_init(|| async {
-                let unique = IndexModel::builder()
-                    .keys(doc! { ID: 1 })
-                    .options(IndexOptions::builder().unique(true).build())
-                    .build();
-                let ttl = IndexModel::builder()
-                    .keys(doc! { document::LOCKED_AT: 1 })
-                    .options(
-                        IndexOptions::builder()
-                            .expire_after(Duration::from_secs(1))
-                            .build(),
-                    )
-                    .build();
-                self.locks.create_indexes([unique, ttl]).await?;
-                Ok::<(), LockError>(())
+        let asked_at = Instant::now();
+        let attempt = || async {
+            if let Some(failure) = self.index_failure_since(asked_at) {
+                return Err(failure);
+            }
+            self.create_indexes().await.inspect_err(|e| {
+                let failed = Some((Instant::now(), e.clone()));
+                *self.index_failure.lock().unwrap_or_else(|e| e.into_inner()) = failed;
             })
-            .await?;
+        };
+        self.indexes.get_or_try_init(attempt).await?;
+        Ok(())
+    }
+
+    fn index_failure_since(&self, asked_at: Instant) -> Option<LockError> {
+        let failure = self.index_failure.lock().unwrap_or_else(|e| e.into_inner());
+        failure
+            .as_ref()
+            .filter(|(at, _)| *at >= asked_at)
+            .map(|(_, e)| e.clone())
+    }
+
+    async fn create_indexes(&self) -> Result<()> {
+        let unique = IndexModel::builder()
+            .keys(doc! { ID: 1 })
+            .options(IndexOptions::builder().unique(true).build())
+            .build();
+        let expire = IndexOptions::builder()
+            .expire_after(Duration::from_secs(1))
+            .build();
+        let ttl = IndexModel::builder()
+            .keys(doc! { document::LOCKED_AT: 1 })
+            .options(expire)
+            .build();
+        self.locks.create_indexes([unique, ttl]).await?;
         Ok(())
     }
 
