@@ -61,9 +61,16 @@ impl From<&Document> for Blocker {
 pub struct Queue {
     doc_id: Bson,
     waiting: Vec<Bson>,
+    /// When the delete that took it out was sent.
+    deleted_at: Instant,
 }
 
 impl Queue {
+    /// Whether it is still time to put it back (`RESTORE_LATEST`).
+    fn restorable(&self) -> bool {
+        self.deleted_at.elapsed() <= RESTORE_LATEST
+    }
+
     /// Whether the queue is worth putting back after a hold of `held_for`: when it
     /// would pass through all its tickets within a passing window at that pace. The
     /// deletion also drops the tickets of waiters that died queued, each of which
@@ -518,6 +525,15 @@ pub const AFTER_DELETE: Duration = Duration::from_millis(20);
 /// insert and its event to arrive on a busy machine.
 pub const RESTORE_WAIT: Duration = Duration::from_millis(60);
 
+/// The latest, after its delete was sent, that a restoring insert is sent. Its waiters
+/// stop waiting for it `RESTORE_WAIT` after they hear the deletion and queue again on
+/// a new lock; a restore that lands once that lock is gone brings back tickets of
+/// acquisitions that may have ended, and each such ticket costs everyone a lease when
+/// it comes up. So a process stalled past this (a long pause of its runtime, a frozen
+/// VM) leaves its waiters to queue again. An insert held in the network after it was
+/// sent is not covered.
+const RESTORE_LATEST: Duration = Duration::from_millis(40);
+
 /// What `take_or_enqueue` found.
 #[derive(Debug)]
 pub enum Queued {
@@ -755,6 +771,7 @@ impl LockStore {
     /// Deletes our lock at the end of its passing window, keeping its queue to put it
     /// back with (`restore`).
     async fn delete_passing(&self, key: &LockKey, owner: &str) -> Result<Released> {
+        let deleted_at = Instant::now();
         let Some(deleted) = self.find_and_delete(key, owner).await? else {
             return Ok(Released::NotOurs);
         };
@@ -763,6 +780,7 @@ impl LockStore {
             Some(doc_id) if !waiting.is_empty() => Released::Passing(Queue {
                 doc_id: doc_id.clone(),
                 waiting,
+                deleted_at,
             }),
             _ => Released::Contended,
         })
@@ -772,9 +790,13 @@ impl LockStore {
     /// its queue, handed to the first waiting ticket (with a lease of `lease`): one
     /// insert, after which the waiters wait on as if it had been passed on. Nothing
     /// happens if the key was taken meanwhile (by the original class, or by a waiter
-    /// that cannot queue): the waiters then queue again.
+    /// that cannot queue), or if it is too late (`RESTORE_LATEST`): the waiters then
+    /// queue again.
     pub async fn restore(&self, key: &LockKey, queue: Queue, lease: Duration) -> Result<()> {
         let lease = self.lease_and_passing(lease).await?;
+        if !queue.restorable() {
+            return Ok(());
+        }
         let restored = document::restored_lock(key, queue.doc_id, queue.waiting, lease);
         match self
             .locks
@@ -871,8 +893,23 @@ mod tests {
         let queue = Queue {
             doc_id: Bson::Int32(1),
             waiting: vec!["a".into(), "b".into(), "c".into()],
+            deleted_at: Instant::now(),
         };
         assert!(queue.worth_restoring(Duration::from_millis(300)));
         assert!(!queue.worth_restoring(Duration::from_millis(334)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_is_not_put_back_once_its_waiters_may_have_queued_again() {
+        let queue = Queue {
+            doc_id: Bson::Int32(1),
+            waiting: vec!["a".into()],
+            deleted_at: Instant::now(),
+        };
+        tokio::time::advance(RESTORE_LATEST).await;
+        assert!(queue.restorable());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!queue.restorable());
+        assert!(RESTORE_LATEST < RESTORE_WAIT);
     }
 }
