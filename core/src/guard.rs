@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{LockError, Result};
 use crate::key::LockKey;
-use crate::lease::{HoldOptions, KeeperHandle, Work};
+use crate::lease::{HoldOptions, KeeperHandle, Loss, Work};
 use crate::local_queue::LocalTurn;
 use crate::rejoin::{self, Place};
 use crate::shared::{retried, Shared};
@@ -87,7 +87,7 @@ impl DbHold {
     }
 
     pub fn is_lost(&self) -> bool {
-        self.keeper.loss.lost.is_cancelled()
+        self.keeper.loss.is_lost()
     }
 
     /// Whether another holder may still follow under this hold.
@@ -186,7 +186,7 @@ impl Drop for DbHold {
 /// `lock_timeout` clock when it does. Cheap to clone; usable from any thread.
 #[derive(Clone)]
 pub struct WorkGate {
-    lost: CancellationToken,
+    loss: Loss,
     work: Arc<tokio::sync::watch::Sender<Option<Work>>>,
     lock_timeout: Option<Duration>,
     entered: Arc<AtomicBool>,
@@ -196,7 +196,7 @@ impl WorkGate {
     /// `true` when the work may start now (the lock is held); `false` when the lock
     /// was lost first, and the work must not start at all.
     pub fn enter(&self) -> bool {
-        if self.lost.is_cancelled() {
+        if self.loss.is_lost() {
             return false;
         }
         let work = Work {
@@ -249,7 +249,7 @@ impl LockGuard {
 
     fn holding(hold: Arc<DbHold>, options: HoldOptions) -> Self {
         let gate = WorkGate {
-            lost: hold.keeper.loss.lost.clone(),
+            loss: hold.keeper.loss.clone(),
             work: hold.keeper.work.clone(),
             lock_timeout: options.lock_timeout,
             entered: Arc::default(),

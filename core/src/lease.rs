@@ -48,9 +48,11 @@ fn renewal_interval(lease: Duration) -> Duration {
 }
 
 /// What the holders learn when the lock is lost: shared by the keeper and the guards.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Loss {
     pub lost: CancellationToken,
+    /// The end of the lease as the holder may trust it, as the keeper last decided.
+    trusted_until: Arc<Mutex<Instant>>,
     reason: Arc<Mutex<Option<LockError>>>,
     /// The current holder's local turn, given up as soon as the lock is lost so that
     /// the next local waiter is not held behind a lock that is no longer ours.
@@ -58,6 +60,23 @@ pub(crate) struct Loss {
 }
 
 impl Loss {
+    fn new(trusted_until: Arc<Mutex<Instant>>) -> Self {
+        Loss {
+            lost: CancellationToken::new(),
+            trusted_until,
+            reason: Arc::default(),
+            turn: Arc::default(),
+        }
+    }
+
+    /// Whether work must not start under the lock: its loss was signalled, or the end
+    /// its keeper trusts has passed, which the keeper's timer may not have acted on
+    /// yet (a busy runtime, a process resumed after a pause).
+    pub fn is_lost(&self) -> bool {
+        let trusted_until = *self.trusted_until.lock().unwrap_or_else(|e| e.into_inner());
+        self.lost.is_cancelled() || trusted_until <= Instant::now()
+    }
+
     fn signal(&self, why: LockError) {
         self.reason
             .lock()
@@ -108,11 +127,11 @@ impl KeeperHandle {
         lease: Duration,
         turn: LocalTurn,
     ) -> Self {
-        let loss = Loss::default();
-        loss.give_turn(turn);
         let work = Arc::new(watch::channel(None).0);
         let (extends, extend_requests) = mpsc::unbounded_channel();
         let keeper = Keeper::new(shared, key, held, lease, work.subscribe(), extend_requests);
+        let loss = Loss::new(keeper.trusted_until.clone());
+        loss.give_turn(turn);
         // A lease that ran out before the acquiring write came back (a slow write, or
         // the driver retrying it) is lost before anyone may start work under it, not
         // after the holder's callback or handle has had a turn.
@@ -181,6 +200,8 @@ struct Keeper {
     lease: Duration,
     /// The end of the lease as the holder may trust it (`trusted`).
     valid_until: Instant,
+    /// `valid_until`, for the holders (`Loss::is_lost`).
+    trusted_until: Arc<Mutex<Instant>>,
     /// The current holder's work (`WorkGate::enter`); its `lock_timeout` counts from its start.
     work: watch::Receiver<Option<Work>>,
     extends: mpsc::UnboundedReceiver<Extend>,
@@ -208,6 +229,7 @@ impl Keeper {
             owner: held.owner.clone(),
             lease,
             valid_until: held.sent_at + trusted(lease),
+            trusted_until: Arc::new(Mutex::new(held.sent_at + trusted(lease))),
             work,
             extends,
             renewal: None,
@@ -216,6 +238,11 @@ impl Keeper {
             next_renewal: held.sent_at + renewal_interval(lease),
             last_error: None,
         }
+    }
+
+    fn trust_until(&mut self, end: Instant) {
+        self.valid_until = end;
+        *self.trusted_until.lock().unwrap_or_else(|e| e.into_inner()) = end;
     }
 
     fn lock_deadline(&self) -> Option<Instant> {
@@ -228,7 +255,7 @@ impl Keeper {
         let lease = self.lease;
         self.renewals += 1;
         let count = self.renewals;
-        self.valid_until = self.valid_until.min(Instant::now() + trusted(lease));
+        self.trust_until(self.valid_until.min(Instant::now() + trusted(lease)));
         self.renewal = Some(Box::pin(async move {
             let sent = Instant::now();
             let renewed = shared.store.renew(&key, &owner, count, lease).await;
@@ -255,7 +282,7 @@ impl Keeper {
         self.renewal = None;
         let outcome = match renewed {
             Ok(true) => {
-                self.valid_until = sent + trusted(lease);
+                self.trust_until(sent + trusted(lease));
                 // An `extend` that came meanwhile is written at once.
                 self.next_renewal = if self.replies.1.is_empty() {
                     sent + renewal_interval(lease)
@@ -392,6 +419,19 @@ mod tests {
         );
         assert!(handle.loss.lost.is_cancelled());
         assert!(matches!(handle.loss.reason(), LockError::LockLost { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_work_starts_past_the_trusted_end_before_the_keeper_acts_on_it() {
+        let lease = Duration::from_secs(1);
+        let (mut keeper, _) = keeper(lease, Instant::now()).await;
+        let loss = Loss::new(keeper.trusted_until.clone());
+        tokio::time::advance(renewal_interval(lease)).await;
+        keeper.start_renewal();
+        assert!(!loss.is_lost());
+        tokio::time::advance(trusted(lease)).await;
+        assert!(!loss.lost.is_cancelled(), "nobody signalled it");
+        assert!(loss.is_lost());
     }
 
     #[test]
