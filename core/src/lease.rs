@@ -296,7 +296,12 @@ impl Keeper {
                 "the lock was taken over or deleted by another caller",
             )),
             Err(e) => {
-                let retry = (renewal_interval(self.lease) / 4).max(Duration::from_millis(5));
+                // Within what is left of the lease trusted now: after a hand-over that
+                // is the releaser's lease, which may be far shorter than this one.
+                let left = self.valid_until.saturating_duration_since(Instant::now());
+                let retry = (renewal_interval(self.lease) / 4)
+                    .min(left / 4)
+                    .max(Duration::from_millis(5));
                 self.next_renewal = Instant::now() + retry;
                 self.last_error = Some(e.clone());
                 Err(e)
@@ -432,6 +437,21 @@ mod tests {
         tokio::time::advance(trusted(lease)).await;
         assert!(!loss.lost.is_cancelled(), "nobody signalled it");
         assert!(loss.is_lost());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_renewal_is_retried_within_what_is_left_of_a_shorter_lease_handed_over() {
+        // Handed over with 1 s left of the releaser's lease; this holder's own is 30 s.
+        let lease = Duration::from_secs(30);
+        let sent_at = Instant::now() + Duration::from_secs(1) - trusted(lease);
+        let (mut keeper, _) = keeper(lease, sent_at).await;
+        keeper.start_renewal();
+        let failure = keeper.renewed(Instant::now(), lease, Err(LockError::Closed));
+        assert!(
+            failure.is_none(),
+            "a failed renewal is not a loss before the end"
+        );
+        assert!(keeper.next_renewal <= Instant::now() + Duration::from_millis(250));
     }
 
     #[test]
