@@ -39,7 +39,8 @@ const cases = [
   ['doWhileLocked: negative lockTimeout', (l) => l.doWhileLocked(['a'], () => {}, { lockTimeout: -1 }), range(/^options\.lockTimeout/)],
   ['doWhileLocked: string lockTimeout', (l) => l.doWhileLocked(['a'], () => {}, { lockTimeout: '5' }), type(/^options\.lockTimeout must be a number/)],
   ['doWhileLocked: NaN waitTimeout', (l) => l.doWhileLocked(['a'], () => {}, { waitTimeout: NaN }), range(/^options\.waitTimeout/)],
-  ['doWhileLocked: infinite lease', (l) => l.doWhileLocked(['a'], () => {}, { lease: -Infinity }), range(/^options\.lease .* got -Infinity$/)],
+  ['doWhileLocked: infinite lease', (l) => l.doWhileLocked(['a'], () => {}, { lease: Infinity }), range(/^options\.lease .* got Infinity$/)],
+  ['doWhileLocked: negative infinite lease', (l) => l.doWhileLocked(['a'], () => {}, { lease: -Infinity }), range(/^options\.lease .* got -Infinity$/)],
   ['doWhileLocked: a lease beyond the longest timer', (l) => l.doWhileLocked(['a'], () => {}, { lease: 2 ** 31 }), range(/^options\.lease .* at most 2147483647, got 2147483648$/)],
   ['doWhileLocked: zero lease', (l) => l.doWhileLocked(['a'], () => {}, { lease: 0 }), range(/^options\.lease/)],
   ['doWhileLocked: a plain object as signal', (l) => l.doWhileLocked(['a'], () => {}, { signal: {} }), type(/^options\.signal must be an AbortSignal/)]

@@ -77,6 +77,12 @@ fn build<'env>(
             server_error(env, &response, message, &[])
         }
         LockError::Mongo(driver) => driver_error(env, driver, secrets),
+        LockError::ConnectionString(message) => named_driver_error(
+            env,
+            "MongoParseError",
+            &redact(message, secrets),
+            Vec::new(),
+        ),
         _ => Err(napi::Error::from_reason(error.to_string())),
     }
 }
@@ -103,7 +109,9 @@ fn own(error: &LockError) -> Option<(Constructor, &'static str)> {
         LockError::LockLost { .. } => (Constructor::Lock, "ERR_LOCK_LOST"),
         LockError::Closed => (Constructor::Lock, "ERR_LOCK_CLOSED"),
         LockError::Aborted => (Constructor::Error, "ABORT_ERR"),
-        LockError::DuplicateKey { .. } | LockError::Mongo(_) => return None,
+        LockError::DuplicateKey { .. } | LockError::Mongo(_) | LockError::ConnectionString(_) => {
+            return None
+        }
     })
 }
 
@@ -151,16 +159,22 @@ fn driver_error<'env>(
         ErrorKind::Io(io) => ("MongoNetworkError", io.to_string()),
         ErrorKind::ConnectionPoolCleared { message, .. } => ("MongoNetworkError", message.clone()),
         ErrorKind::Authentication { message, .. } => ("MongoAuthenticationError", message.clone()),
-        // What the Rust driver refuses as an invalid argument here is a connection string
-        // or a client setting, which the Node driver refuses with a `MongoParseError`.
-        ErrorKind::InvalidArgument { message, .. } => ("MongoParseError", message.clone()),
         other => ("MongoError", other.to_string()),
     };
-    let message = redact(&message, secrets);
-    if let Some(made) = error_classes::driver_error(env, name, &message, labels.clone())? {
+    named_driver_error(env, name, &redact(&message, secrets), labels)
+}
+
+/// An error of the application's `mongodb` class `name`, or a plain one so named.
+fn named_driver_error<'env>(
+    env: &'env Env,
+    name: &str,
+    message: &str,
+    labels: Vec<String>,
+) -> napi::Result<Unknown<'env>> {
+    if let Some(made) = error_classes::driver_error(env, name, message, labels.clone())? {
         return Ok(made);
     }
-    let mut object = new_error(env, Constructor::Error, &message)?;
+    let mut object = new_error(env, Constructor::Error, message)?;
     object.set_named_property("name", name)?;
     object.set_named_property("errorLabels", labels)?;
     Ok(object.to_unknown())

@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use lock_core::LockError;
 use napi::bindgen_prelude::{PromiseRaw, ToNapiValue};
@@ -131,23 +130,29 @@ impl From<LockError> for Refusal {
 /// malformed one throws here and not at every call. The driver's message may quote a
 /// part of the string, the password among it.
 fn url_source(url: String) -> Result<Source, Refusal> {
-    match mongodb::options::ConnectionString::parse(&url) {
-        Ok(_) => Ok(Source::Url(url)),
-        Err(e) => Err(Refusal {
-            error: e.into(),
-            secrets: crate::connection::url_secrets(&url),
-        }),
-    }
+    let Err(refused) = mongodb::options::ConnectionString::parse(&url) else {
+        return Ok(Source::Url(url));
+    };
+    let message = match &*refused.kind {
+        mongodb::error::ErrorKind::InvalidArgument { message, .. } => message.clone(),
+        _ => refused.to_string(),
+    };
+    Err(Refusal {
+        error: LockError::ConnectionString(message),
+        secrets: crate::connection::url_secrets(&url),
+    })
 }
 
 /// Connects and creates the indexes right away, as the original starts index creation
 /// in its constructor, so that the first lock does not pay for it. Failures are left
-/// for the first call to report; every lock still waits for the indexes.
+/// for the first call to report; every lock still waits for the indexes. Not cut short:
+/// the driver's `serverSelectionTimeoutMS` ends it, and a call waiting for it then gets
+/// its failure instead of trying again (`ensure_indexes`).
 fn prepare_in_background(connection: &Arc<Connection>) {
     let connection = connection.clone();
     napi::bindgen_prelude::spawn(async move {
         if let Ok(service) = connection.service().await {
-            let _ = tokio::time::timeout(Duration::from_secs(30), service.ensure_indexes()).await;
+            let _ = service.ensure_indexes().await;
         }
     });
 }

@@ -68,6 +68,10 @@ pub enum LockError {
     #[error("{0}")]
     Configuration(String),
 
+    /// A connection string the driver cannot parse; the driver's words.
+    #[error("{0}")]
+    ConnectionString(String),
+
     /// Any other failure reported by the driver or the server.
     #[error("{0}")]
     Mongo(#[from] mongodb::error::Error),

@@ -83,14 +83,17 @@ impl LockService {
         // Failing here sent no insert: nothing to clean up after.
         self.shared.store.ensure_indexes().await?;
         let owner = uuid::Uuid::new_v4().simple().to_string();
-        let held = match self.shared.store.insert(key, &owner, lease).await {
+        let attempt = match self.shared.store.insert(key, &owner, lease).await {
+            Err(held_by_other @ LockError::DuplicateKey { .. }) => self
+                .take_over_passed(key, &owner, lease)
+                .await
+                .and_then(|taken| taken.ok_or(held_by_other)),
+            inserted => inserted,
+        };
+        let held = match attempt {
             Ok(held) => held,
-            Err(held_by_other @ LockError::DuplicateKey { .. }) => {
-                let taken = self.take_over_passed(key, &owner, lease).await?;
-                taken.ok_or(held_by_other)?
-            }
             Err(e @ LockError::Mongo(_)) => {
-                // The insert may have been applied with its reply lost, or may still
+                // The write may have been applied with its reply lost, or may still
                 // reach the server: without a lease its lock would never go away.
                 let (lease, ticket) = (lease.unwrap_or_default(), self.shared.ticket());
                 let shared = &self.shared;

@@ -61,7 +61,7 @@ impl From<&Document> for Blocker {
 pub struct Queue {
     doc_id: Bson,
     waiting: Vec<Bson>,
-    /// When the delete that took it out was sent.
+    /// When the delete that took it out came back.
     deleted_at: Instant,
 }
 
@@ -129,8 +129,9 @@ pub struct LockStore {
     locks: Collection<Document>,
     fences: Collection<Document>,
     indexes: OnceCell<()>,
-    /// The last failure to create the indexes, and when it came.
-    index_failure: std::sync::Mutex<Option<(Instant, LockError)>>,
+    /// How many attempts to create the indexes failed to select a server, and the
+    /// last such failure.
+    index_failures: std::sync::Mutex<(u64, Option<LockError>)>,
     clock: Arc<ServerClock>,
 }
 
@@ -159,7 +160,7 @@ impl LockStore {
             locks,
             fences,
             indexes: OnceCell::new(),
-            index_failure: std::sync::Mutex::default(),
+            index_failures: std::sync::Mutex::default(),
             clock: Arc::default(),
         }
     }
@@ -170,32 +171,48 @@ impl LockStore {
 
     /// Creates `id_1` (unique) and `locked_at_1` (TTL 1 s) once, before any lock is
     /// written: the original started this without waiting, so its first locks could
-    /// be taken twice. A failure is returned and retried by the next call; a caller
-    /// that waited while another attempt failed gets that failure rather than trying
-    /// again, as against a server out of reach a first `lock()` would otherwise wait
-    /// for the constructor's attempt to time out and then for its own (twice the
-    /// driver's `serverSelectionTimeoutMS`).
+    /// be taken twice. A failure is returned and retried by the next call; but a caller
+    /// that waited while another attempt found no server gets that failure rather than
+    /// trying again, as against a server out of reach a first `lock()` would otherwise
+    /// wait for the constructor's attempt to time out and then for its own (twice the
+    /// driver's `serverSelectionTimeoutMS`). Other failures (a failover under way) are
+    /// each caller's own to retry.
     pub async fn ensure_indexes(&self) -> Result<()> {
-        let asked_at = Instant::now();
+        let failed_before = self.index_failures().0;
         let attempt = || async {
-            if let Some(failure) = self.index_failure_since(asked_at) {
-                return Err(failure);
+            if let (failed, Some(failure)) = self.index_failures() {
+                if failed > failed_before {
+                    return Err(failure);
+                }
             }
-            self.create_indexes().await.inspect_err(|e| {
-                let failed = Some((Instant::now(), e.clone()));
-                *self.index_failure.lock().unwrap_or_else(|e| e.into_inner()) = failed;
-            })
+            let created = self.create_indexes().await;
+            if let Err(e) = &created {
+                self.note_index_failure(e);
+            }
+            created
         };
         self.indexes.get_or_try_init(attempt).await?;
         Ok(())
     }
 
-    fn index_failure_since(&self, asked_at: Instant) -> Option<LockError> {
-        let failure = self.index_failure.lock().unwrap_or_else(|e| e.into_inner());
-        failure
-            .as_ref()
-            .filter(|(at, _)| *at >= asked_at)
-            .map(|(_, e)| e.clone())
+    fn note_index_failure(&self, failure: &LockError) {
+        let LockError::Mongo(driver) = failure else {
+            return;
+        };
+        if matches!(*driver.kind, ErrorKind::ServerSelection { .. }) {
+            let mut failures = self
+                .index_failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *failures = (failures.0 + 1, Some(failure.clone()));
+        }
+    }
+
+    fn index_failures(&self) -> (u64, Option<LockError>) {
+        self.index_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     async fn create_indexes(&self) -> Result<()> {
@@ -525,13 +542,14 @@ pub const AFTER_DELETE: Duration = Duration::from_millis(20);
 /// insert and its event to arrive on a busy machine.
 pub const RESTORE_WAIT: Duration = Duration::from_millis(60);
 
-/// The latest, after its delete was sent, that a restoring insert is sent. Its waiters
-/// stop waiting for it `RESTORE_WAIT` after they hear the deletion and queue again on
-/// a new lock; a restore that lands once that lock is gone brings back tickets of
-/// acquisitions that may have ended, and each such ticket costs everyone a lease when
-/// it comes up. So a process stalled past this (a long pause of its runtime, a frozen
-/// VM) leaves its waiters to queue again. An insert held in the network after it was
-/// sent is not covered.
+/// The latest, after its delete came back, that a restoring insert is sent:
+/// `AFTER_DELETE`, then a reading of the server's clock. Its waiters stop waiting for
+/// it `RESTORE_WAIT` after they hear the deletion (its event comes about with the
+/// reply) and queue again on a new lock; a restore that lands once that lock is gone
+/// brings back tickets of acquisitions that may have ended, and each such ticket costs
+/// everyone a lease when it comes up. So a process stalled past this (a long pause of
+/// its runtime, a frozen VM) leaves its waiters to queue again. An insert held in the
+/// network after it was sent is not covered.
 const RESTORE_LATEST: Duration = Duration::from_millis(40);
 
 /// What `take_or_enqueue` found.
@@ -771,10 +789,11 @@ impl LockStore {
     /// Deletes our lock at the end of its passing window, keeping its queue to put it
     /// back with (`restore`).
     async fn delete_passing(&self, key: &LockKey, owner: &str) -> Result<Released> {
-        let deleted_at = Instant::now();
         let Some(deleted) = self.find_and_delete(key, owner).await? else {
             return Ok(Released::NotOurs);
         };
+        // About when the waiters heard it: its event comes with the reply.
+        let deleted_at = Instant::now();
         let waiting = document::waiting_tickets(&deleted).to_vec();
         Ok(match deleted.get("_id") {
             Some(doc_id) if !waiting.is_empty() => Released::Passing(Queue {
