@@ -53,7 +53,7 @@ pub(crate) async fn acquire(
             return Ok(LockGuard::inherit(hold, options.hold, turn));
         }
         // Lost while it waited for us (its lease ran out): compete as usual.
-        guard::end_for_good(hold).await;
+        guard::end_for_good(hold);
         turn.restart_streak();
     }
     turn.note_return();
@@ -134,7 +134,7 @@ impl Wait<'_> {
         if waited.is_err() {
             // A lock may have been handed to us in the moment we gave up.
             if let Some(orphan) = slot.take_orphaned().and_then(DbHold::from_orphan) {
-                guard::end_for_good(orphan).await;
+                guard::end_for_good(orphan);
             }
         }
         waited
@@ -458,7 +458,9 @@ impl Wait<'_> {
     /// The rest of a single attempt (`waitTimeout: 0`): take the lock over if its lease
     /// has passed, else give up without waiting for anything.
     async fn last_attempt(&self, owner: &str) -> Result<Held> {
-        if let Some(blocker) = self.shared.store.blocker(self.key).await? {
+        // A read: dropped at once on abort or `close()`, it changes nothing.
+        let blocker = self.interruptible(self.shared.store.blocker(self.key));
+        if let Some(blocker) = blocker.await? {
             if let Some(held) = self.take_over(&blocker, owner).await? {
                 return Ok(held);
             }

@@ -349,11 +349,18 @@ async fn release(hold: Arc<DbHold>, turn: Option<LocalTurn>, hand_over: bool) ->
     released
 }
 
-/// Ends `hold` in the database, trying again in the background if that fails.
-pub(crate) async fn end_for_good(hold: Arc<DbHold>) {
-    if hold.end().await.is_err() {
-        end_again_later(hold);
-    }
+/// Ends `hold` in the database in the background, trying again if that fails: for a
+/// caller that must not wait on a write (its wait ended, or the hold it inherited was
+/// lost). A ticket is taken, so that `close()` waits for it.
+pub(crate) fn end_for_good(hold: Arc<DbHold>) {
+    let shared = hold.shared.clone();
+    let ticket = shared.ticket();
+    shared.spawn(async move {
+        if hold.end().await.is_err() {
+            end_again_later(hold);
+        }
+        drop(ticket);
+    });
 }
 
 /// A release whose write failed may have left the lock in the database, where it
