@@ -42,6 +42,11 @@ pub fn trusted(lease: Duration) -> Duration {
         .saturating_sub(Duration::from_millis(1))
 }
 
+/// The instant in `cell`, shared by the keeper and the holders.
+fn read(cell: &Mutex<Instant>) -> Instant {
+    *cell.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// How often a lease is renewed: every third of it.
 fn renewal_interval(lease: Duration) -> Duration {
     (lease / 3).max(Duration::from_millis(1))
@@ -73,8 +78,7 @@ impl Loss {
     /// its keeper trusts has passed, which the keeper's timer may not have acted on
     /// yet (a busy runtime, a process resumed after a pause).
     pub fn is_lost(&self) -> bool {
-        let trusted_until = *self.trusted_until.lock().unwrap_or_else(|e| e.into_inner());
-        self.lost.is_cancelled() || trusted_until <= Instant::now()
+        self.lost.is_cancelled() || read(&self.trusted_until) <= Instant::now()
     }
 
     fn signal(&self, why: LockError) {
@@ -130,12 +134,12 @@ impl KeeperHandle {
         let work = Arc::new(watch::channel(None).0);
         let (extends, extend_requests) = mpsc::unbounded_channel();
         let keeper = Keeper::new(shared, key, held, lease, work.subscribe(), extend_requests);
-        let loss = Loss::new(keeper.trusted_until.clone());
+        let loss = Loss::new(keeper.valid_until.clone());
         loss.give_turn(turn);
         // A lease that ran out before the acquiring write came back (a slow write, or
         // the driver retrying it) is lost before anyone may start work under it, not
         // after the holder's callback or handle has had a turn.
-        if keeper.valid_until <= Instant::now() {
+        if keeper.valid_until() <= Instant::now() {
             loss.signal(LockError::lost(
                 "the lease ran out before the lock was acquired",
             ));
@@ -198,10 +202,9 @@ struct Keeper {
     key: LockKey,
     owner: String,
     lease: Duration,
-    /// The end of the lease as the holder may trust it (`trusted`).
-    valid_until: Instant,
-    /// `valid_until`, for the holders (`Loss::is_lost`).
-    trusted_until: Arc<Mutex<Instant>>,
+    /// The end of the lease as the holder may trust it (`trusted`); the holders read
+    /// it too (`Loss::is_lost`).
+    valid_until: Arc<Mutex<Instant>>,
     /// The current holder's work (`WorkGate::enter`); its `lock_timeout` counts from its start.
     work: watch::Receiver<Option<Work>>,
     extends: mpsc::UnboundedReceiver<Extend>,
@@ -228,8 +231,7 @@ impl Keeper {
             key,
             owner: held.owner.clone(),
             lease,
-            valid_until: held.sent_at + trusted(lease),
-            trusted_until: Arc::new(Mutex::new(held.sent_at + trusted(lease))),
+            valid_until: Arc::new(Mutex::new(held.sent_at + trusted(lease))),
             work,
             extends,
             renewal: None,
@@ -240,9 +242,12 @@ impl Keeper {
         }
     }
 
+    fn valid_until(&self) -> Instant {
+        read(&self.valid_until)
+    }
+
     fn trust_until(&mut self, end: Instant) {
-        self.valid_until = end;
-        *self.trusted_until.lock().unwrap_or_else(|e| e.into_inner()) = end;
+        *self.valid_until.lock().unwrap_or_else(|e| e.into_inner()) = end;
     }
 
     fn lock_deadline(&self) -> Option<Instant> {
@@ -255,7 +260,7 @@ impl Keeper {
         let lease = self.lease;
         self.renewals += 1;
         let count = self.renewals;
-        self.trust_until(self.valid_until.min(Instant::now() + trusted(lease)));
+        self.trust_until(self.valid_until().min(Instant::now() + trusted(lease)));
         self.renewal = Some(Box::pin(async move {
             let sent = Instant::now();
             let renewed = shared.store.renew(&key, &owner, count, lease).await;
@@ -298,7 +303,7 @@ impl Keeper {
             Err(e) => {
                 // Within what is left of the lease trusted now: after a hand-over that
                 // is the releaser's lease, which may be far shorter than this one.
-                let left = self.valid_until.saturating_duration_since(Instant::now());
+                let left = self.valid_until().saturating_duration_since(Instant::now());
                 let retry = (renewal_interval(self.lease) / 4)
                     .min(left / 4)
                     .max(Duration::from_millis(5));
@@ -330,8 +335,9 @@ impl Keeper {
     async fn run(mut self) -> LockError {
         let mut watching_work = true;
         loop {
-            let timeout = self.lock_deadline().filter(|d| *d <= self.valid_until);
-            let end = timeout.unwrap_or(self.valid_until);
+            let valid_until = self.valid_until();
+            let timeout = self.lock_deadline().filter(|d| *d <= valid_until);
+            let end = timeout.unwrap_or(valid_until);
             let in_flight = self.renewal.is_some();
             tokio::select! {
                 biased;
@@ -393,7 +399,7 @@ mod tests {
             keeper.renewed(sent, short, Ok(true)).map(|e| e.to_string()),
             None
         );
-        assert_eq!(keeper.valid_until, sent + trusted(short));
+        assert_eq!(keeper.valid_until(), sent + trusted(short));
         assert!(
             keeper.next_renewal <= Instant::now(),
             "the longer lease waits for nothing"
@@ -406,7 +412,7 @@ mod tests {
         let (mut keeper, _) = keeper(long, Instant::now()).await;
         extend_to(&mut keeper, short);
         keeper.start_renewal();
-        assert_eq!(keeper.valid_until, Instant::now() + trusted(short));
+        assert_eq!(keeper.valid_until(), Instant::now() + trusted(short));
     }
 
     #[tokio::test(start_paused = true)]
@@ -430,7 +436,7 @@ mod tests {
     async fn no_work_starts_past_the_trusted_end_before_the_keeper_acts_on_it() {
         let lease = Duration::from_secs(1);
         let (mut keeper, _) = keeper(lease, Instant::now()).await;
-        let loss = Loss::new(keeper.trusted_until.clone());
+        let loss = Loss::new(keeper.valid_until.clone());
         tokio::time::advance(renewal_interval(lease)).await;
         keeper.start_renewal();
         assert!(!loss.is_lost());
