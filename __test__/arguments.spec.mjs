@@ -30,7 +30,11 @@ const cases = [
   ['lock: string lease', (l) => l.lock(['a'], { lease: '5' }), type(/^options\.lease must be a number/)],
   ['lock: string options', (l) => l.lock(['a'], 'x'), type(/^options must be an object/)],
   ['unlock: an object id', (l) => l.unlock([{}]), type(/^resourceIds\[0\]/)],
-  ['unlock: a bigint id beyond 64 bits', (l) => l.unlock([2n ** 64n]), type(/got a bigint$/)],
+  ['unlock: a bigint id beyond 64 bits', (l) => l.unlock([2n ** 64n]), type(/got a bigint beyond 64 bits$/)],
+  ['lock: an invalid Date id', (l) => l.lock([new Date(NaN)]), type(/^resourceIds\[0\] .* got an invalid Date$/)],
+  ['lock: one invalid Date', (l) => l.lock(new Date('never')), type(/^resourceIds must be .*, or one id, got an invalid Date$/)],
+  ['lock: one plain object', (l) => l.lock({ id: 'a' }), type(/^resourceIds must be .*, or one id, got an object$/)],
+  ['lock: a bigint lease', (l) => l.lock(['a'], { lease: 5n }), type(/^options\.lease must be a number, got a bigint$/)],
   ['doWhileLocked: no callback', (l) => l.doWhileLocked(['a']), type(/^callback must be a function, got undefined$/)],
   ['doWhileLocked: a string callback', (l) => l.doWhileLocked(['a'], 'x'), type(/^callback must be a function, got a string$/)],
   ['doWhileLocked: a function id', (l) => l.doWhileLocked([() => {}], () => {}), type(/^resourceIds\[0\]/)],
@@ -43,7 +47,10 @@ const cases = [
   ['doWhileLocked: negative infinite lease', (l) => l.doWhileLocked(['a'], () => {}, { lease: -Infinity }), range(/^options\.lease .* got -Infinity$/)],
   ['doWhileLocked: a lease beyond the longest timer', (l) => l.doWhileLocked(['a'], () => {}, { lease: 2 ** 31 }), range(/^options\.lease .* at most 2147483647, got 2147483648$/)],
   ['doWhileLocked: zero lease', (l) => l.doWhileLocked(['a'], () => {}, { lease: 0 }), range(/^options\.lease/)],
-  ['doWhileLocked: a plain object as signal', (l) => l.doWhileLocked(['a'], () => {}, { signal: {} }), type(/^options\.signal must be an AbortSignal/)]
+  ['doWhileLocked: a plain object as signal', (l) => l.doWhileLocked(['a'], () => {}, { signal: {} }), type(/^options\.signal must be an AbortSignal/)],
+  // A handle is held until release(): a lockTimeout would be ignored, so it is refused.
+  ['acquire: lockTimeout', (l) => l.acquire(['a'], { lockTimeout: 100 }), value(/^options\.lockTimeout is not an option of a handle/)],
+  ['tryAcquire: lockTimeout', (l) => l.tryAcquire(['a'], { lockTimeout: 100 }), value(/^options\.lockTimeout is not an option of a handle/)]
 ]
 
 /** How a call ended: thrown synchronously, or the promise it returned rejected. */

@@ -87,7 +87,8 @@ fn retain_single(value: Unknown<'_>) -> Result<RetainedValue, LockError> {
 }
 
 fn single(value: Unknown<'_>) -> Result<ResourceId, LockError> {
-    scalar(value).ok_or_else(not_ids)
+    scalar(value)
+        .ok_or_else(|| LockError::type_error(format!("{NOT_IDS}, got {}", describe(value))))
 }
 
 fn element_of(value: Unknown<'_>, index: u32) -> Result<ResourceId, LockError> {
@@ -166,10 +167,10 @@ fn call<T: napi::bindgen_prelude::FromNapiValue>(object: &Object<'_>, method: &s
     function.apply(object, ()).ok()
 }
 
+const NOT_IDS: &str = "resourceIds must be a non-empty array of ids (strings, finite numbers, ObjectIds or other BSON scalars), or one id";
+
 fn not_ids() -> LockError {
-    LockError::type_error(
-        "resourceIds must be a non-empty array of ids (strings, finite numbers, ObjectIds or other BSON scalars), or one id",
-    )
+    LockError::type_error(NOT_IDS)
 }
 
 /// A short description of a bad value for error messages: its type, never its content.
@@ -184,9 +185,20 @@ pub fn describe(value: Unknown<'_>) -> &'static str {
         },
         Ok(ValueType::String) => "a string",
         Ok(ValueType::Symbol) => "a symbol",
-        Ok(ValueType::Object) => "an object",
+        Ok(ValueType::Object) => match unsafe { value.cast::<Object>() } {
+            Ok(object) if object.is_date().unwrap_or(false) => {
+                match call::<f64>(&object, "getTime") {
+                    Some(time) if time.is_finite() => "a Date",
+                    _ => "an invalid Date",
+                }
+            }
+            _ => "an object",
+        },
         Ok(ValueType::Function) => "a function",
-        Ok(ValueType::BigInt) => "a bigint",
+        Ok(ValueType::BigInt) => match unsafe { value.cast::<BigInt>() } {
+            Ok(n) if n.get_i64().1 => "a bigint",
+            _ => "a bigint beyond 64 bits",
+        },
         _ => "an unsupported value",
     }
 }
