@@ -82,6 +82,8 @@ export interface AcquireOptions {
   lease?: number
   /** Aborting it while waiting rejects with an `AbortError` whose `cause` is the signal's reason. */
   signal?: AbortSignal
+  /** Not an option of a handle, which is held until `release()`: rejects with `ERR_INVALID_ARG_VALUE`. */
+  lockTimeout?: never
 }
 
 /** `tryAcquire`'s options: one attempt, so no wait to configure. */
@@ -90,6 +92,8 @@ export interface TryAcquireOptions {
   lease?: number
   /** An already aborted signal rejects with an `AbortError`. */
   signal?: AbortSignal
+  /** Not an option of a handle, which is held until `release()`: rejects with `ERR_INVALID_ARG_VALUE`. */
+  lockTimeout?: never
 }
 
 /**

@@ -67,6 +67,13 @@ pub fn hold_options<'env>(value: Option<Unknown<'env>>) -> Result<HoldOptions<'e
 pub fn handle_options<'env>(value: Option<Unknown<'env>>) -> Result<HoldOptions<'env>, LockError> {
     let options = options_object(value, "options")?;
     let o = options.as_ref();
+    // Ignoring it would leave a caller who expects the hold to end on its own holding
+    // the key until release(); the original has no handles, so no code relies on it.
+    if field(o, "lockTimeout")?.is_some() {
+        return Err(LockError::value_error(
+            "options.lockTimeout is not an option of a handle, which is held until release(); options.lease bounds how long a holder that dies keeps the key",
+        ));
+    }
     let renewed = Duration::from_millis(DEFAULT_RENEWED_LEASE as u64);
     wait_options(o, None, lease(o)?.unwrap_or(renewed))
 }

@@ -1,6 +1,6 @@
 // Type-checked by `npm test` (tsc --strict): handles, await using, errors, holder, keys.
 import { MongoClient, ObjectId } from 'mongodb'
-import { LockError, ResourceLock, type LockErrorCode, type LockHandle, type LockHolder } from '../../index.js'
+import { LockError, ResourceLock, type DoWhileLockedOptions, type LockErrorCode, type LockHandle, type LockHolder } from '../../index.js'
 
 type Exactly<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false
 const exactly = <A, B>(proof: Exactly<A, B>): Exactly<A, B> => proof
@@ -19,6 +19,9 @@ async function handles (locks: ResourceLock): Promise<void> {
   await locks.tryAcquire(['job'], { waitTimeout: 10 })
   // @ts-expect-error extend takes a number of milliseconds
   await maybe?.extend('1s')
+  const holdOptions: DoWhileLockedOptions = { lockTimeout: 1_000 }
+  // @ts-expect-error a handle has no lockTimeout (options of doWhileLocked do not fit): it is held until release()
+  await locks.acquire(['job'], holdOptions)
   const holder = await locks.holder(['job'])
   exactly<typeof holder, LockHolder | null>(true)
   exactly<Awaited<ReturnType<typeof locks.isLocked>>, boolean>(true)
