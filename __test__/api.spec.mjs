@@ -270,3 +270,26 @@ test('close() closes the caller\'s MongoClient, as the original does', async (t)
   t.is(error.code, 'ERR_LOCK_CLOSED')
   await t.notThrowsAsync(lock.close())
 })
+
+// The original's async close() ends with `return this._mongoDbClient.close()`: what
+// that throws or rejects with becomes close()'s rejection, and a value that is not a
+// promise is fine. A throw used to escape into Node as an uncaught exception and end
+// the process.
+test('close() passes on what the client\'s close() throws or rejects with, as the original does', async (t) => {
+  const closing = [
+    ['throws', () => { throw new Error('already closed') }, 'already closed'],
+    ['rejects', () => Promise.reject(new Error('close failed')), 'close failed'],
+    ['returns undefined', () => undefined, null],
+    // oxlint-disable-next-line unicorn/no-thenable -- being a thenable is the point
+    ['returns a thenable', () => ({ then: (resolve) => resolve() }), null]
+  ]
+  for (const [how, close, message] of closing) {
+    const client = new MongoClient(url)
+    t.teardown(() => MongoClient.prototype.close.call(client))
+    client.close = close
+    const lock = new ResourceLock({ client })
+    const [closed] = await Promise.allSettled([lock.close()])
+    t.is(closed.status, message === null ? 'fulfilled' : 'rejected', how)
+    t.is(closed.reason?.message ?? null, message, how)
+  }
+})

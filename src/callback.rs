@@ -45,13 +45,33 @@ impl Callback {
     }
 
     /// Calls it with `context` and returns what it returned, or what it threw.
-    pub async fn call(mut self, context: LockContext) -> napi::Result<Returned> {
+    pub async fn call(self, context: LockContext) -> napi::Result<Returned> {
+        self.call_with(move |env| {
+            let context = unsafe { LockContext::to_napi_value(env.raw(), context) }?;
+            let context = unsafe { Unknown::from_raw_unchecked(env.raw(), context) };
+            Ok((context.get_type()? != ValueType::Undefined).then_some(context))
+        })
+        .await
+    }
+
+    /// Calls it with no argument (`client.close()`).
+    pub async fn call_alone(self) -> napi::Result<Returned> {
+        self.call_with(|env| undefined(env).map(Some)).await
+    }
+
+    /// Calls it with the argument `argument` makes on the JavaScript thread; `None`:
+    /// not at all (it then returns `undefined`).
+    async fn call_with<A>(mut self, argument: A) -> napi::Result<Returned>
+    where
+        A: for<'env> FnOnce(&'env Env) -> napi::Result<Option<Unknown<'env>>> + Send + 'static,
+    {
         let Some(target) = self.js.take() else {
             return Err(napi::Error::new(Status::InvalidArg, "called already"));
         };
         let (sent, received) = oneshot::channel();
         self.thread.run(move |env| {
-            let _ = sent.send(caught(env, target.into_inner().call(env, context)));
+            let called = argument(env).and_then(|a| target.into_inner().call(env, a));
+            let _ = sent.send(caught(env, called));
         });
         received
             .await
@@ -69,17 +89,21 @@ impl Drop for Callback {
 }
 
 impl Target {
-    fn call(self, env: &Env, context: LockContext) -> napi::Result<Returned> {
-        let context = unsafe { LockContext::to_napi_value(env.raw(), context) }?;
-        let context = unsafe { Unknown::from_raw_unchecked(env.raw(), context) };
-        let returned = if context.get_type()? == ValueType::Undefined {
-            context.raw()
-        } else {
-            let function = self.function.borrow_back(env)?;
-            self.caller.call(env, function.raw(), context)?
+    fn call(self, env: &Env, argument: Option<Unknown<'_>>) -> napi::Result<Returned> {
+        let returned = match argument {
+            None => undefined(env)?.raw(),
+            Some(argument) => {
+                let function = self.function.borrow_back(env)?;
+                self.caller.call(env, function.raw(), argument)?
+            }
         };
         unsafe { Returned::from_napi_value(env.raw(), returned) }
     }
+}
+
+fn undefined(env: &Env) -> napi::Result<Unknown<'_>> {
+    let raw = unsafe { <()>::to_napi_value(env.raw(), ()) }?;
+    Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), raw) })
 }
 
 /// `result`, with an exception left pending (what the callback threw) taken as the

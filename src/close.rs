@@ -1,9 +1,11 @@
 //! `close()`: ends waits and holds, disconnects, and closes the caller's client.
 
 use napi::bindgen_prelude::{PromiseRaw, Undefined};
-use napi::Env;
+use napi::{Env, JsValue};
 use napi_derive::napi;
 
+use crate::callback::Callback;
+use crate::promise::Failure;
 use crate::resource_lock::ResourceLock;
 
 #[napi]
@@ -14,15 +16,17 @@ impl ResourceLock {
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Undefined>> {
         let connection = self.connection.clone();
-        let node_client = self.node_client.clone();
+        let close_client = match &self.node_client {
+            Some(close) => Some(Callback::new(env, close.borrow_back(env)?.to_unknown())?),
+            None => None,
+        };
         self.run(
             env,
             async move {
                 connection.close().await;
-                if let Some(close) = node_client {
-                    if let Ok(closing) = close.call_async(()).await {
-                        let _ = closing.await;
-                    }
+                if let Some(close_client) = close_client {
+                    let closed = async { close_client.call_alone().await?.settled().await };
+                    closed.await.map_err(Failure::Js)?;
                 }
                 Ok(())
             },

@@ -16,8 +16,7 @@ use lock_core::mongodb::options::{
     Acknowledgment, AuthMechanism, Compressor, ConnectionString, Credential, HostInfo,
     ServerAddress, ServerApi, ServerApiVersion, Tls, TlsOptions, WriteConcern,
 };
-use napi::bindgen_prelude::{Array, FromNapiValue, Function, JsObjectValue, Object, Promise};
-use napi::threadsafe_function::ThreadsafeFunction;
+use napi::bindgen_prelude::{Array, FromNapiValue, Function, FunctionRef, JsObjectValue, Object};
 use napi::{Env, Unknown, ValueType};
 
 use lock_core::LockError;
@@ -44,9 +43,9 @@ impl NodeClientSettings {
     }
 }
 
-/// `client.close()`, callable from any thread. Weak: it never keeps Node alive.
-pub type CloseClient =
-    std::sync::Arc<ThreadsafeFunction<(), Promise<()>, (), napi::Status, false, true>>;
+/// `client.close`, bound to the client; `close()` calls it as the original does
+/// (`callback.rs`), so what it throws or rejects with becomes `close()`'s rejection.
+pub type CloseClient = FunctionRef<Unknown<'static>, Unknown<'static>>;
 
 /// Reads `client`. Returns the settings, its `close`, and warnings to emit.
 pub fn read(
@@ -96,17 +95,8 @@ pub fn lock_pool_size(client: Option<f64>) -> u32 {
 }
 
 fn close_function(client: &Object<'_>) -> Option<CloseClient> {
-    let close: Function<(), Promise<()>> = client.get_named_property("close").ok()?;
-    close
-        .bind(client)
-        .and_then(|bound| {
-            bound
-                .build_threadsafe_function::<()>()
-                .weak::<true>()
-                .build()
-        })
-        .map(std::sync::Arc::new)
-        .ok()
+    let close: Function<Unknown, Unknown> = client.get_named_property("close").ok()?;
+    close.bind(client).and_then(|bound| bound.create_ref()).ok()
 }
 
 fn refuse_what_cannot_be_carried(options: &Object<'_>) -> Result<(), LockError> {
