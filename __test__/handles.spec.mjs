@@ -164,13 +164,14 @@ test('close() aborts the signal of a held handle and releases its lock', async (
   t.false(await handle.release(), 'close() released it already')
 })
 
-test('a handle collected without release() releases its lock', async (t) => {
+test('a handle collected without release() releases its lock and aborts the signal kept from it', async (t) => {
   const { name, db } = await freshDatabase(t)
   const child = spawn(process.execPath, ['--expose-gc', path.join(here, 'fixtures', 'collect-handle.mjs'), url, name], { stdio: ['ignore', 'pipe', 'inherit'] })
   t.teardown(() => child.kill('SIGKILL'))
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]()
   t.is((await lines.next()).value, 'held')
   t.is((await lines.next()).value, 'collected')
+  t.is((await lines.next()).value, 'ERR_LOCK_LOST', 'the signal still referenced was not told that the lock went with its handle')
   t.true(await eventually(async () => await db.collection('_locks').countDocuments({ id: 'collected' }) === 0), 'the lock (lease 30 s) was still there 5 s after its handle was collected')
 })
 

@@ -2,8 +2,8 @@
 //! release(), extend(ms), [Symbol.asyncDispose]() }`. The lease is renewed while the
 //! handle is held; `signal` aborts when the lock is lost; `release()` (and `await
 //! using`) deletes only this lock, once. A handle dropped without `release()` (garbage
-//! collected) releases its lock when it is collected; one whose process exits is
-//! freed by its lease.
+//! collected) releases its lock when it is collected, and aborts its signal, which may
+//! outlive it; one whose process exits is freed by its lease.
 
 use std::future::Future;
 use std::sync::{Arc, Weak};
@@ -28,6 +28,24 @@ use crate::resource_ids::JsKey;
 pub struct LockHandle {
     guard: Arc<Mutex<Option<LockGuard>>>,
     connection: Arc<Connection>,
+    /// Its signal's `abort`, for a handle collected while it holds its lock.
+    abort: Option<Arc<AbortFn>>,
+}
+
+impl Drop for LockHandle {
+    /// Collected without `release()`: the guard, dropped with it, releases the lock.
+    /// Whoever kept only the signal (`const { signal } = await locks.acquire(…)`) still
+    /// works under it, so it is told that the lock is gone. A `release()` or
+    /// `extend()` in flight holds the mutex and a guard of its own: no loss then.
+    fn drop(&mut self) {
+        let held = self.guard.try_lock().is_ok_and(|guard| guard.is_some());
+        if let (true, Some(abort)) = (held, &self.abort) {
+            let why = LockError::lost(
+                "its handle was garbage-collected without release(), which released the lock",
+            );
+            abort.call(why, ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    }
 }
 
 #[napi]
@@ -88,19 +106,26 @@ pub fn handle<'env>(
     let lost = guard.lost_or_released();
     let guard = Arc::new(Mutex::new(Some(guard)));
     // A lock lost already gives a handle whose signal has aborted before anyone reads it.
-    match loss {
+    let abort = match loss {
         Some(why) => {
             controller.abort_now(env, why)?;
             napi::bindgen_prelude::spawn(release_lost(Arc::downgrade(&guard)));
+            None
         }
         None => {
-            let abort = controller.abort_from_any_thread()?;
-            napi::bindgen_prelude::spawn(on_loss(lost, abort, Arc::downgrade(&guard)));
+            let abort = Arc::new(controller.abort_from_any_thread()?);
+            let on_lost = abort.clone();
+            napi::bindgen_prelude::spawn(on_loss(lost, on_lost, Arc::downgrade(&guard)));
+            Some(abort)
         }
+    };
+    let mut object = LockHandle {
+        guard,
+        connection,
+        abort,
     }
-    let mut object = LockHandle { guard, connection }
-        .into_instance(env)?
-        .as_object(env);
+    .into_instance(env)?
+    .as_object(env);
     object.set_named_property("key", key)?;
     object.set_named_property("fencingToken", BigInt::from(fencing_token))?;
     object.set_named_property("signal", controller.signal()?)?;
@@ -120,7 +145,7 @@ pub fn handle<'env>(
 /// releases the lock.
 async fn on_loss(
     lost: impl Future<Output = Option<LockError>>,
-    abort: AbortFn,
+    abort: Arc<AbortFn>,
     guard: Weak<Mutex<Option<LockGuard>>>,
 ) {
     let Some(why) = lost.await else {
