@@ -19,7 +19,6 @@ use crate::promise::{self, Failure, Polled};
 use crate::resource_ids::{self, describe, ResourceIds};
 use crate::resource_lock::ResourceLock;
 use crate::retained_value::RetainedValue;
-use crate::returned::Returned;
 
 /// The lock, taken: what the rest of the call needs.
 struct Acquired {
@@ -148,12 +147,7 @@ async fn hold(
         gate: gate.clone(),
         secrets,
     };
-    let outcome = async {
-        match callback.call(context).await? {
-            Returned::Settles(promise) => promise.await,
-            Returned::Value(value) => Ok(value),
-        }
-    };
+    let outcome = async { callback.call(context).await?.settled().await };
     tokio::pin!(outcome);
 
     let mut caller_aborted = false;

@@ -12,10 +12,31 @@ use napi::{sys, Env, JsValue, Unknown, ValueType};
 use crate::retained_value::RetainedValue;
 
 pub enum Returned {
-    /// A promise or thenable: the value it settles with.
-    Settles(Promise<RetainedValue>),
+    /// A promise or thenable: the value it settles with. The promise is `kept`
+    /// referenced until it settles: one that nothing else references (`new Promise(()
+    /// => {})`, the way to hold a lock until `lockTimeout` or the signal) would
+    /// otherwise be collected with the reactions that report its outcome, and the
+    /// wait would end with an error instead of lasting.
+    Settles {
+        promise: Promise<RetainedValue>,
+        kept: RetainedValue,
+    },
     /// Anything else, as it is.
     Value(RetainedValue),
+}
+
+impl Returned {
+    /// The value it settles with, or what it rejects with.
+    pub async fn settled(self) -> napi::Result<RetainedValue> {
+        match self {
+            Returned::Settles { promise, kept } => {
+                let outcome = promise.await;
+                drop(kept);
+                outcome
+            }
+            Returned::Value(value) => Ok(value),
+        }
+    }
 }
 
 impl FromNapiValue for Returned {
@@ -29,7 +50,10 @@ impl FromNapiValue for Returned {
         } else {
             promise_resolve(&Env::from_raw(env), unknown)?
         };
-        Ok(Returned::Settles(Promise::from_napi_value(env, promise)?))
+        Ok(Returned::Settles {
+            promise: Promise::from_napi_value(env, promise)?,
+            kept: RetainedValue::from_napi_value(env, promise)?,
+        })
     }
 }
 
