@@ -78,3 +78,18 @@ test('objects that are not BSON scalars are still refused, query operators inclu
   }
   t.is(await db.collection('_locks').countDocuments({ id: 'victim' }), 1)
 })
+
+// Array.isArray holds for a Proxy of an array, and the original takes one as it takes
+// the array: state libraries hand them out (Vue's reactive, MobX, Immer drafts).
+test('a Proxy of an array is the array\'s key, as for the original', async (t) => {
+  const { name, client } = await freshDatabase(t)
+  const ours = addonLock(t, name)
+  const original = new Original({ client, databaseName: name })
+  const id = new ObjectId()
+  t.is(await ours.lock(new Proxy(['invoice', 42], {})), 'invoice#42')
+  t.is((await t.throwsAsync(original.lock(['invoice', 42]))).code, 11000)
+  t.is(await ours.lock(new Proxy([id], {})), id, 'one id keeps its type through the Proxy')
+  t.is((await t.throwsAsync(original.lock(new Proxy([id], {})))).code, 11000)
+  await ours.unlock(new Proxy(['invoice', 42], {}))
+  t.is(await original.lock(new Proxy(['invoice', 42], {})), 'invoice#42')
+})

@@ -11,9 +11,9 @@ use lock_core::mongodb::bson::{
 };
 use lock_core::{LockError, LockKey, ResourceId};
 use napi::bindgen_prelude::{
-    Array, BigInt, FromNapiValue, Function, JsObjectValue, Object, ToNapiValue, Uint8Array,
+    BigInt, FromNapiValue, Function, JsObjectValue, Object, ToNapiValue, Uint8Array,
 };
-use napi::{sys, JsValue, Unknown, ValueType};
+use napi::{sys, Env, JsValue, Unknown, ValueType};
 
 use crate::retained_value::RetainedValue;
 
@@ -55,33 +55,59 @@ impl ToNapiValue for JsKey {
 }
 
 pub fn parse(value: Unknown<'_>) -> Result<ResourceIds, LockError> {
-    let ids = if value.is_array().unwrap_or(false) {
-        let array: Array = unsafe { value.cast() }.map_err(|_| not_ids())?;
-        // Not sized from `length`: a sparse array may claim billions of elements.
-        let mut ids = Vec::new();
-        for index in 0..array.len() {
-            let element: Unknown = array.get(index).ok().flatten().ok_or_else(not_ids)?;
-            ids.push(element_of(element, index)?);
+    // The element read once: a getter may answer differently the second time.
+    let (ids, first) = match as_array(value) {
+        Some(array) => {
+            // Not sized from `length`: a sparse array may claim billions of elements.
+            let mut ids = Vec::new();
+            let mut first = None;
+            for index in 0..length(&array)? {
+                let element: Unknown = array.get_element(index).map_err(|_| not_ids())?;
+                ids.push(element_of(element, index)?);
+                first = first.or(Some(element));
+            }
+            (ids, first)
         }
-        ids
-    } else {
-        vec![single(value)?]
+        None => (vec![single(value)?], Some(value)),
     };
     let key = LockKey::from_ids(&ids)?;
-    let single = match (&key, ids.len()) {
-        (LockKey::Other(_), 1) => Some(retain_single(value)?),
+    let single = match (&key, ids.len(), first) {
+        (LockKey::Other(_), 1, Some(first)) => Some(retain(first)?),
         _ => None,
     };
     Ok(ResourceIds { ids, key, single })
 }
 
-fn retain_single(value: Unknown<'_>) -> Result<RetainedValue, LockError> {
-    let element = if value.is_array().unwrap_or(false) {
-        let array: Array = unsafe { value.cast() }.map_err(|_| not_ids())?;
-        array.get::<Unknown>(0).ok().flatten().ok_or_else(not_ids)?
-    } else {
-        value
+/// `value` as an array, if `Array.isArray(value)` holds: a `Proxy` of an array too
+/// (Vue's `reactive`, MobX, Immer drafts), which `napi_is_array` does not count.
+fn as_array(value: Unknown<'_>) -> Option<Object<'_>> {
+    let is_array = value.is_array().unwrap_or(false) || array_is_array(value).unwrap_or(false);
+    is_array
+        .then(|| unsafe { value.cast::<Object>() }.ok())
+        .flatten()
+}
+
+fn array_is_array(value: Unknown<'_>) -> napi::Result<bool> {
+    if value.get_type()? != ValueType::Object {
+        return Ok(false);
+    }
+    let env = Env::from_raw(value.value().env);
+    // A function, read as the object it also is, to reach its `isArray`.
+    let array: Object = unsafe {
+        env.get_global()?
+            .get_named_property::<Unknown>("Array")?
+            .cast()?
     };
+    let is_array: Function<Unknown, bool> = array.get_named_property("isArray")?;
+    is_array.call(value)
+}
+
+fn length(array: &Object<'_>) -> Result<u32, LockError> {
+    let length: f64 = array.get_named_property("length").map_err(|_| not_ids())?;
+    Ok(length as u32)
+}
+
+fn retain(element: Unknown<'_>) -> Result<RetainedValue, LockError> {
     unsafe { RetainedValue::from_napi_value(element.value().env, element.raw()) }
         .map_err(|_| not_ids())
 }
