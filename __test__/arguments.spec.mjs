@@ -89,6 +89,10 @@ for (const [label, ResourceLock] of classes) {
     t.throws(() => new ResourceLock({ url: 5 }), { instanceOf: TypeError, code: 'ERR_INVALID_ARG_TYPE', message: /^options\.url must be a string/ })
     t.throws(() => new ResourceLock({ url, writeConcern: { wtimeoutMS: '5' } }), type(/^options\.writeConcern\.wtimeoutMS must be a number, got a string$/))
     t.throws(() => new ResourceLock({ url, writeConcern: { wtimeoutMS: -1 } }), range(/^options\.writeConcern\.wtimeoutMS must be a number of milliseconds >= 0/))
+    // Each used to be taken, and then failed every write with an untyped error.
+    for (const w of [0, 2 ** 31, 1e12, 1.5]) {
+      t.throws(() => new ResourceLock({ url, writeConcern: { w } }), range(/^options\.writeConcern\.w must be an integer from 1 to 2147483647, as a lock needs acknowledged writes, got /), `w: ${w}`)
+    }
   })
 
   // What each class does today when reading an argument throws (a getter): the

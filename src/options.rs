@@ -261,10 +261,14 @@ pub fn write_concern(options: Option<&Object<'_>>) -> Result<Option<WriteConcern
             Some(ValueType::Number) => {
                 let n: f64 =
                     unsafe { w.cast() }.map_err(|_| bad(".w must be a number or a string"))?;
-                if !(n.is_finite() && n >= 0.0 && n.fract() == 0.0) {
-                    return Err(LockError::range_error(
-                        "options.writeConcern.w must be an integer >= 0",
-                    ));
+                // 0 asks for no acknowledgment, which a lock cannot do without: the
+                // driver refuses it at every write, so refuse it here, at once.
+                if !(n >= 1.0 && n <= i32::MAX as f64 && n.fract() == 0.0) {
+                    return Err(LockError::range_error(format!(
+                        "options.writeConcern.w must be an integer from 1 to {}, as a lock needs acknowledged writes, got {}",
+                        i32::MAX,
+                        lock_core::js_number_to_string(n)
+                    )));
                 }
                 Some(Acknowledgment::Nodes(n as u32))
             }
