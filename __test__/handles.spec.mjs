@@ -5,6 +5,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
+import v8 from 'node:v8'
+import vm from 'node:vm'
 import test from 'ava'
 import ts from 'typescript'
 import { LockError, addonLock, deferred, eventually, freshDatabase, sleep, url } from './helpers.mjs'
@@ -164,15 +166,39 @@ test('close() aborts the signal of a held handle and releases its lock', async (
   t.false(await handle.release(), 'close() released it already')
 })
 
-test('a handle collected without release() releases its lock and aborts the signal kept from it', async (t) => {
-  const { name, db } = await freshDatabase(t)
-  const child = spawn(process.execPath, ['--expose-gc', path.join(here, 'fixtures', 'collect-handle.mjs'), url, name], { stdio: ['ignore', 'pipe', 'inherit'] })
-  t.teardown(() => child.kill('SIGKILL'))
-  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]()
-  t.is((await lines.next()).value, 'held')
-  t.is((await lines.next()).value, 'collected')
-  t.is((await lines.next()).value, 'ERR_LOCK_LOST', 'the signal still referenced was not told that the lock went with its handle')
-  t.true(await eventually(async () => await db.collection('_locks').countDocuments({ id: 'collected' }) === 0), 'the lock (lease 30 s) was still there 5 s after its handle was collected')
+for (const how of ['idle', 'extending']) {
+  test(`a handle collected without release() (${how}) releases its lock and aborts the signal kept from it`, async (t) => {
+    const { name, db } = await freshDatabase(t)
+    const child = spawn(process.execPath, ['--expose-gc', path.join(here, 'fixtures', 'collect-handle.mjs'), url, name, how], { stdio: ['ignore', 'pipe', 'inherit'] })
+    t.teardown(() => child.kill('SIGKILL'))
+    const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]()
+    t.is((await lines.next()).value, 'held')
+    t.is((await lines.next()).value, 'collected')
+    t.is((await lines.next()).value, 'ERR_LOCK_LOST', 'the signal still referenced was not told that the lock went with its handle')
+    t.true(await eventually(async () => await db.collection('_locks').countDocuments({ id: 'collected' }) === 0), 'the lock (lease 30 s) was still there 5 s after its handle was collected')
+  })
+}
+
+// A listener on the signal that refers to the handle is the usual shape; the signal's
+// abort must not be held from a released handle, or the two keep each other for good.
+test('a released handle whose signal listener refers to it is still collected', async (t) => {
+  v8.setFlagsFromString('--expose-gc')
+  const gc = vm.runInNewContext('gc')
+  const { name } = await freshDatabase(t)
+  const lock = addonLock(t, name)
+  let collected = false
+  const registry = new FinalizationRegistry(() => { collected = true })
+  await (async () => {
+    const handle = await lock.acquire(['listened'])
+    handle.signal.addEventListener('abort', () => console.log(handle.key))
+    registry.register(handle, 'handle')
+    t.true(await handle.release())
+  })()
+  for (let i = 0; i < 40 && !collected; i++) {
+    gc()
+    await sleep(50)
+  }
+  t.true(collected, 'the released handle was never collected')
 })
 
 test('holder() and isLocked() read who holds a lock', async (t) => {

@@ -28,18 +28,22 @@ use crate::resource_ids::JsKey;
 pub struct LockHandle {
     guard: Arc<Mutex<Option<LockGuard>>>,
     connection: Arc<Connection>,
-    /// Its signal's `abort`, for a handle collected while it holds its lock.
-    abort: Option<Arc<AbortFn>>,
+    /// Its signal's `abort`, for a handle collected while it holds its lock. Weak:
+    /// `on_loss` holds it while an abort can come; held here, it would keep the signal,
+    /// its listeners and whatever they hold (often this handle) alive for good.
+    abort: Weak<AbortFn>,
 }
 
 impl Drop for LockHandle {
-    /// Collected without `release()`: the guard, dropped with it, releases the lock.
-    /// Whoever kept only the signal (`const { signal } = await locks.acquire(…)`) still
-    /// works under it, so it is told that the lock is gone. A `release()` or
-    /// `extend()` in flight holds the mutex and a guard of its own: no loss then.
+    /// Collected without `release()`: the guard, dropped with it (or with an `extend()`
+    /// still in flight), releases the lock. Whoever kept only the signal (`const {
+    /// signal } = await locks.acquire(…)`) still works under it, so it is told. While a
+    /// call holds the mutex it cannot be known whether that is a `release()`; in doubt
+    /// the signal aborts: telling a holder that has released costs nothing, keeping
+    /// quiet about a loss does.
     fn drop(&mut self) {
-        let held = self.guard.try_lock().is_ok_and(|guard| guard.is_some());
-        if let (true, Some(abort)) = (held, &self.abort) {
+        let held = self.guard.try_lock().map_or(true, |guard| guard.is_some());
+        if let (true, Some(abort)) = (held, self.abort.upgrade()) {
             let why = LockError::lost(
                 "its handle was garbage-collected without release(), which released the lock",
             );
@@ -110,13 +114,13 @@ pub fn handle<'env>(
         Some(why) => {
             controller.abort_now(env, why)?;
             napi::bindgen_prelude::spawn(release_lost(Arc::downgrade(&guard)));
-            None
+            Weak::new()
         }
         None => {
             let abort = Arc::new(controller.abort_from_any_thread()?);
-            let on_lost = abort.clone();
-            napi::bindgen_prelude::spawn(on_loss(lost, on_lost, Arc::downgrade(&guard)));
-            Some(abort)
+            let weak = Arc::downgrade(&abort);
+            napi::bindgen_prelude::spawn(on_loss(lost, abort, Arc::downgrade(&guard)));
+            weak
         }
     };
     let mut object = LockHandle {
