@@ -6,7 +6,7 @@
 
 use std::ptr;
 
-use napi::{check_status, sys, Env, JsValue, Status, Unknown};
+use napi::{check_status, sys, Env, JsValue, Status};
 
 pub struct CallerContext {
     env: sys::napi_env,
@@ -37,13 +37,13 @@ impl CallerContext {
         })
     }
 
-    /// `function(argument)` inside the captured context. Whatever the function throws
-    /// stays the pending exception, unchanged (`PendingException`).
+    /// `function(...arguments)` inside the captured context. Whatever the function
+    /// throws stays the pending exception, unchanged (`PendingException`).
     pub fn call(
         &self,
         env: &Env,
         function: sys::napi_value,
-        argument: Unknown<'_>,
+        arguments: &[sys::napi_value],
     ) -> napi::Result<sys::napi_value> {
         // `napi_make_callback` needs an object as `this`; a strict function called
         // plainly would see `undefined`, so `globalThis` is the nearest to that.
@@ -56,8 +56,8 @@ impl CallerContext {
                 self.raw,
                 receiver,
                 function,
-                1,
-                &argument.raw(),
+                arguments.len(),
+                arguments.as_ptr(),
                 &mut returned,
             )
         };

@@ -49,28 +49,29 @@ impl Callback {
         self.call_with(move |env| {
             let context = unsafe { LockContext::to_napi_value(env.raw(), context) }?;
             let context = unsafe { Unknown::from_raw_unchecked(env.raw(), context) };
-            Ok((context.get_type()? != ValueType::Undefined).then_some(context))
+            // `undefined`: the lock was lost before the callback could start.
+            Ok((context.get_type()? != ValueType::Undefined).then(|| vec![context.raw()]))
         })
         .await
     }
 
     /// Calls it with no argument (`client.close()`).
     pub async fn call_alone(self) -> napi::Result<Returned> {
-        self.call_with(|env| undefined(env).map(Some)).await
+        self.call_with(|_| Ok(Some(Vec::new()))).await
     }
 
-    /// Calls it with the argument `argument` makes on the JavaScript thread; `None`:
+    /// Calls it with the arguments `arguments` makes on the JavaScript thread; `None`:
     /// not at all (it then returns `undefined`).
-    async fn call_with<A>(mut self, argument: A) -> napi::Result<Returned>
+    async fn call_with<A>(mut self, arguments: A) -> napi::Result<Returned>
     where
-        A: for<'env> FnOnce(&'env Env) -> napi::Result<Option<Unknown<'env>>> + Send + 'static,
+        A: FnOnce(&Env) -> napi::Result<Option<Vec<sys::napi_value>>> + Send + 'static,
     {
         let Some(target) = self.js.take() else {
             return Err(napi::Error::new(Status::InvalidArg, "called already"));
         };
         let (sent, received) = oneshot::channel();
         self.thread.run(move |env| {
-            let called = argument(env).and_then(|a| target.into_inner().call(env, a));
+            let called = arguments(env).and_then(|a| target.into_inner().call(env, a));
             let _ = sent.send(caught(env, called));
         });
         received
@@ -89,21 +90,16 @@ impl Drop for Callback {
 }
 
 impl Target {
-    fn call(self, env: &Env, argument: Option<Unknown<'_>>) -> napi::Result<Returned> {
-        let returned = match argument {
-            None => undefined(env)?.raw(),
-            Some(argument) => {
+    fn call(self, env: &Env, arguments: Option<Vec<sys::napi_value>>) -> napi::Result<Returned> {
+        let returned = match arguments {
+            None => unsafe { <()>::to_napi_value(env.raw(), ()) }?,
+            Some(arguments) => {
                 let function = self.function.borrow_back(env)?;
-                self.caller.call(env, function.raw(), argument)?
+                self.caller.call(env, function.raw(), &arguments)?
             }
         };
         unsafe { Returned::from_napi_value(env.raw(), returned) }
     }
-}
-
-fn undefined(env: &Env) -> napi::Result<Unknown<'_>> {
-    let raw = unsafe { <()>::to_napi_value(env.raw(), ()) }?;
-    Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), raw) })
 }
 
 /// `result`, with an exception left pending (what the callback threw) taken as the
