@@ -151,6 +151,20 @@ test('lock writes use the writeConcern option', async (t) => {
   t.is(await majority.lock(['wc-majority']), 'wc-majority')
 })
 
+// An unacknowledged insert cannot tell a taken key from a free one, and the Rust driver
+// refuses w: 0 at every write: lock writes use w: 1 then. They used to fail each call.
+test('a client or url with w: 0 still locks, with acknowledged lock writes', async (t) => {
+  const { name } = await freshDatabase(t)
+  const client = new MongoClient(url, { writeConcern: { w: 0 } })
+  const fromClient = new ResourceLock({ client, databaseName: name })
+  const fromUrl = new ResourceLock({ url: withQuery(url, 'w=0'), databaseName: name })
+  t.teardown(() => Promise.all([fromClient.close(), fromUrl.close()]))
+  t.is(await fromClient.lock(['unacknowledged']), 'unacknowledged')
+  t.is((await t.throwsAsync(fromUrl.lock(['unacknowledged']))).code, 11000, 'the second lock of the key is refused')
+  await fromClient.unlock(['unacknowledged'])
+  t.is(await fromUrl.doWhileLocked(['unacknowledged'], () => 'held'), 'held')
+})
+
 test('maxPoolSize sizes the lock connection; a bad value is a typed error naming it', async (t) => {
   const { name } = await freshDatabase(t)
   const lock = new ResourceLock({ url, databaseName: name, maxPoolSize: 2 })

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{IndexOptions, ReturnDocument, WriteConcern};
+use mongodb::options::{Acknowledgment, IndexOptions, ReturnDocument, WriteConcern};
 use mongodb::{ClientSession, Collection, Database, IndexModel};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -135,9 +135,24 @@ pub struct LockStore {
     clock: Arc<ServerClock>,
 }
 
+/// A lock needs acknowledged writes: unacknowledged, an insert cannot tell a free key
+/// from a taken one, and the driver refuses `w: 0` for these commands at every write.
+/// So `w: 0` (a client's, or its connection string's) becomes `w: 1` for the lock's
+/// writes; the application's own writes keep theirs.
+fn acknowledged(write_concern: Option<WriteConcern>) -> Option<WriteConcern> {
+    match write_concern {
+        Some(mut wc) if wc.w == Some(Acknowledgment::Nodes(0)) => {
+            wc.w = Some(Acknowledgment::Nodes(1));
+            Some(wc)
+        }
+        other => other,
+    }
+}
+
 impl LockStore {
     /// No I/O happens here; indexes are created before the first write.
     pub fn new(db: Database, write_concern: Option<WriteConcern>) -> Self {
+        let write_concern = acknowledged(write_concern.or_else(|| db.write_concern().cloned()));
         let with = |wc: WriteConcern| {
             mongodb::options::CollectionOptions::builder()
                 .write_concern(wc)
