@@ -1,7 +1,8 @@
 // The npm packages as users get them: the Linux binary's glibc baseline, and the two
 // tarballs (the main package without any binary, the platform package with it)
 // installed into fresh projects, under the original's name, running the original's
-// examples from CommonJS and ESM, type-checked with tsc --strict (no skipLibCheck);
+// examples from CommonJS and ESM, type-checked with tsc --strict (no skipLibCheck), also
+// without @types/node;
 // and the error a user gets when the platform package is missing.
 import { execFileSync } from 'node:child_process'
 import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -101,8 +102,11 @@ linuxOnly('two tarballs, installed into a fresh project under the original\'s na
   const env = { ...process.env, MONGODB_URL: url }
   t.regex(execFileSync(process.execPath, ['example.cjs'], { cwd: folder, env, encoding: 'utf8', timeout: 60_000 }), /cjs example ok/)
   t.regex(execFileSync(process.execPath, ['example.mjs'], { cwd: folder, env, encoding: 'utf8', timeout: 60_000 }), /esm example ok/)
-  execFileSync(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: folder, stdio: 'pipe' })
+  const tsc = (project) => execFileSync(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', project], { cwd: folder, encoding: 'utf8' })
+  tsc('tsconfig.json')
   t.pass('tsc --strict accepted every method and option')
+  // No @types/node and no lib esnext.disposable: nothing else declares AsyncDisposable.
+  t.notThrows(() => tsc('tsconfig.no-node.json'), 'the typings need @types/node')
 })
 
 linuxOnly('without its platform package, the error names the package to install', async (t) => {
