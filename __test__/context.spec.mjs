@@ -1,13 +1,11 @@
 // The callback runs in the caller's async context: AsyncLocalStorage and the active
 // OpenTelemetry span seen where doWhileLocked is called are seen inside it.
 import { AsyncLocalStorage } from 'node:async_hooks'
-import v8 from 'node:v8'
-import vm from 'node:vm'
 import test from 'ava'
 import { context, trace } from '@opentelemetry/api'
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks'
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base'
-import { addonLock, deferred, freshDatabase, sleep } from './helpers.mjs'
+import { addonLock, deferred, exposedGc, freshDatabase, sleep } from './helpers.mjs'
 
 test('an AsyncLocalStorage store set around the call is visible in the callback, also after waiting', async (t) => {
   const { name } = await freshDatabase(t)
@@ -30,8 +28,7 @@ test('an AsyncLocalStorage store set around the call is visible in the callback,
 })
 
 test('the caller\'s store survives garbage collection while the call waits', async (t) => {
-  v8.setFlagsFromString('--expose-gc')
-  const gc = vm.runInNewContext('gc')
+  const gc = exposedGc()
   const { name } = await freshDatabase(t)
   const lock = addonLock(t, name)
   const storage = new AsyncLocalStorage()

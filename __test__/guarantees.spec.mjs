@@ -2,12 +2,10 @@
 // the queue of processes, local hand-overs (fencing tokens), the change stream's safety
 // poll, and close() ending a wait that is in the database. Each
 // ResourceLock has its own client, so two of them contend as two processes do.
-import v8 from 'node:v8'
-import vm from 'node:vm'
 import test from 'ava'
 import { MongoClient } from 'mongodb'
 import { startServer } from '../scripts/test-server.mjs'
-import { ResourceLock, addonLock, deferred, eventually, freshDatabase, sleep } from './helpers.mjs'
+import { ResourceLock, addonLock, deferred, eventually, exposedGc, freshDatabase, sleep } from './helpers.mjs'
 
 async function serverTime (client) {
   return (await client.db('admin').command({ hello: 1 })).localTime.getTime()
@@ -246,8 +244,7 @@ test('on a standalone server, fencing tokens come from one counter and still fol
 // ended at once with an internal error, the lock released and the signal not aborted.
 // With lockTimeout: Infinity, only close() ends the hold: no timing in the test.
 test('a callback\'s promise that nothing else references holds the lock through garbage collection', async (t) => {
-  v8.setFlagsFromString('--expose-gc')
-  const gc = vm.runInNewContext('gc')
+  const gc = exposedGc()
   const { name } = await freshDatabase(t)
   const [holder, other] = [addonLock(t, name), addonLock(t, name)]
   let signal

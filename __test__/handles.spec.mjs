@@ -5,11 +5,9 @@ import os from 'node:os'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import v8 from 'node:v8'
-import vm from 'node:vm'
 import test from 'ava'
 import ts from 'typescript'
-import { LockError, addonLock, deferred, eventually, freshDatabase, sleep, url } from './helpers.mjs'
+import { LockError, addonLock, deferred, eventually, exposedGc, freshDatabase, sleep, url } from './helpers.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 
@@ -182,8 +180,7 @@ for (const how of ['idle', 'extending']) {
 // A listener on the signal that refers to the handle is the usual shape; the signal's
 // abort must not be held from a released handle, or the two keep each other for good.
 test('a released handle whose signal listener refers to it is still collected', async (t) => {
-  v8.setFlagsFromString('--expose-gc')
-  const gc = vm.runInNewContext('gc')
+  const gc = exposedGc()
   const { name } = await freshDatabase(t)
   const lock = addonLock(t, name)
   let collected = false

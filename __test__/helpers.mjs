@@ -1,5 +1,7 @@
 // Shared by the specs: a real server from MONGODB_URL (scripts/with-server.mjs starts one).
 import { createRequire } from 'node:module'
+import v8 from 'node:v8'
+import vm from 'node:vm'
 import { MongoClient } from 'mongodb'
 import { url } from './database.mjs'
 
@@ -24,6 +26,12 @@ export function deferred () {
 }
 
 /** Waits until `predicate` holds (polling), or fails after `ms`. */
+/** `gc()` in this process, which ava starts without `--expose-gc`. */
+export function exposedGc () {
+  v8.setFlagsFromString('--expose-gc')
+  return vm.runInNewContext('gc')
+}
+
 export async function eventually (predicate, ms = 5_000) {
   const deadline = Date.now() + ms
   while (Date.now() < deadline) {

@@ -153,8 +153,7 @@ fn scalar(value: Unknown<'_>) -> Option<ResourceId> {
 
 /// A `Date`, or a value of the `bson` package (the driver's) that is a scalar.
 fn bson_scalar(object: Object<'_>) -> Option<Bson> {
-    if object.is_date().ok()? {
-        let time: f64 = call(&object, "getTime")?;
+    if let Some(time) = date_millis(&object) {
         return time
             .is_finite()
             .then(|| Bson::DateTime(DateTime::from_millis(time as i64)));
@@ -187,6 +186,15 @@ fn bson_scalar(object: Object<'_>) -> Option<Bson> {
     }
 }
 
+/// The time of a `Date`, `NaN` for an invalid one (or one whose `getTime` fails); `None`
+/// for any other object.
+fn date_millis(object: &Object<'_>) -> Option<f64> {
+    object
+        .is_date()
+        .unwrap_or(false)
+        .then(|| call(object, "getTime").unwrap_or(f64::NAN))
+}
+
 /// `object.method()`, for the few methods of `bson` values read here.
 fn call<T: napi::bindgen_prelude::FromNapiValue>(object: &Object<'_>, method: &str) -> Option<T> {
     let function: Function<(), T> = object.get_named_property(method).ok()?;
@@ -211,14 +219,13 @@ pub fn describe(value: Unknown<'_>) -> &'static str {
         },
         Ok(ValueType::String) => "a string",
         Ok(ValueType::Symbol) => "a symbol",
-        Ok(ValueType::Object) => match unsafe { value.cast::<Object>() } {
-            Ok(object) if object.is_date().unwrap_or(false) => {
-                match call::<f64>(&object, "getTime") {
-                    Some(time) if time.is_finite() => "a Date",
-                    _ => "an invalid Date",
-                }
-            }
-            _ => "an object",
+        Ok(ValueType::Object) => match unsafe { value.cast::<Object>() }
+            .ok()
+            .and_then(|object| date_millis(&object))
+        {
+            Some(time) if time.is_finite() => "a Date",
+            Some(_) => "an invalid Date",
+            None => "an object",
         },
         Ok(ValueType::Function) => "a function",
         Ok(ValueType::BigInt) => match unsafe { value.cast::<BigInt>() } {
