@@ -92,11 +92,16 @@ function handovers ({ turns, waits }, seconds) {
 
 /**
  * 2 to 32 processes, one caller each, on one key: hand-overs/s and p99 wait. 8 s
- * counted, so that even at 32 processes each has dozens of turns.
+ * counted, so that even at 32 processes each has dozens of turns. Odd rounds go from
+ * the most processes to the fewest: `secantusd-rs` slows as it serves (32 processes,
+ * six 8 s runs in a row on one server: 346 down to 245 hand-overs/s, 313 after a
+ * restart on the same data), so a curve always run in one order put its last points
+ * on an older server than its first, and the ratio of two points measured the age.
  */
-async function scaling (impl) {
+async function scaling (impl, round) {
   const curve = {}
-  for (const processes of (process.env.BENCH_SCALING ?? '2,4,8,16,32').split(',').map(Number)) {
+  const counts = (process.env.BENCH_SCALING ?? '2,4,8,16,32').split(',').map(Number)
+  for (const processes of round % 2 ? counts.reverse() : counts) {
     const { handovers_per_s: rate, p99_wait_ms: p99, fewest_turns: fewest } = await contend(impl, processes, 1, 8)
     curve[`p${processes}_handovers_per_s`] = rate
     curve[`p${processes}_p99_wait_ms`] = p99
@@ -235,7 +240,7 @@ for (const [name, workload] of Object.entries(workloads).filter(([name]) => !onl
   const runs = { original: [], addon: [] }
   for (let round = 0; round < rounds; round++) {
     for (const impl of round % 2 ? ['addon', 'original'] : ['original', 'addon']) {
-      runs[impl].push(await workload(impl))
+      runs[impl].push(await workload(impl, round))
     }
   }
   const medians = (impl) => Object.fromEntries(Object.keys(runs[impl][0]).map((k) => [k, median(runs[impl].map((r) => r[k]))]))
