@@ -93,10 +93,10 @@ function handovers ({ turns, waits }, seconds) {
 /**
  * 2 to 32 processes, one caller each, on one key: hand-overs/s and p99 wait. 8 s
  * counted, so that even at 32 processes each has dozens of turns. Odd rounds go from
- * the most processes to the fewest: `secantusd-rs` slows as it serves (32 processes,
- * six 8 s runs in a row on one server: 346 down to 245 hand-overs/s, 313 after a
- * restart on the same data), so a curve always run in one order put its last points
- * on an older server than its first, and the ratio of two points measured the age.
+ * the most processes to the fewest, so that every point has the same mean place in
+ * the run: a shared machine's speed drifts over minutes (32-process runs a few
+ * minutes apart on one server: 245-346 hand-overs/s), and a curve always run upwards
+ * measured its 32-process point later than its 4-process point.
  */
 async function scaling (impl, round) {
   const curve = {}
