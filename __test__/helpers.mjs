@@ -25,13 +25,13 @@ export function deferred () {
   return { promise, resolve }
 }
 
-/** Waits until `predicate` holds (polling), or fails after `ms`. */
 /** `gc()` in this process, which ava starts without `--expose-gc`. */
 export function exposedGc () {
   v8.setFlagsFromString('--expose-gc')
   return vm.runInNewContext('gc')
 }
 
+/** Waits until `predicate` holds (polling), or fails after `ms`. */
 export async function eventually (predicate, ms = 5_000) {
   const deadline = Date.now() + ms
   while (Date.now() < deadline) {
